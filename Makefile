@@ -1,0 +1,57 @@
+# One entry point for people and CI. `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Reinstall whenever the dependency list changes.
+INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PROTOS := $(wildcard protos/mediabot/v1/*.proto)
+
+.PHONY: help venv proto proto-check model run test bench bench-audio bench-vision clean
+
+help:
+	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
+	@echo "make test         run the whole test suite"
+	@echo "make proto        regenerate the gRPC code from protos/"
+	@echo "make model        build the Triton face model artifact into model_repository/"
+	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@command -v ffmpeg >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y ffmpeg; \
+	  else echo "ffmpeg is missing: run 'sudo apt-get install -y ffmpeg' and try again" >&2; exit 1; fi; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[gateway,audio,vision,model,dev]'
+	# Only its tritonserver binary and python backend are used; its own Python deps pin numpy<2, which nothing here needs.
+	$(PY) -m pip install --no-deps nvidia-pytriton==0.7.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+proto: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. face_model/caffe.proto
+
+model: $(INSTALLED)
+	$(PY) -m face_model.build
+
+run: $(INSTALLED) model
+	@mkdir -p $${MEDIA_ROOT:-data/media}
+	$(VENV)/bin/honcho start -f Procfile
+
+test: $(INSTALLED) model
+	$(PY) -m pytest
+
+bench: bench-audio bench-vision
+
+bench-audio: $(INSTALLED)
+	$(PY) -m bench.audio
+
+bench-vision: $(INSTALLED) model
+	$(PY) -m bench.vision
+
+clean:
+	rm -rf .triton .pytest_cache bench/out
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
