@@ -1,0 +1,8 @@
+"""Fixtures live in tests/fixtures/, one module per part of the system, so any test can use any real server."""
+
+pytest_plugins = [
+    "tests.fixtures.audio",
+    "tests.fixtures.gateway",
+    "tests.fixtures.triton",
+    "tests.fixtures.vision",
+]
