@@ -37,9 +37,10 @@ proto: $(INSTALLED)
 model: $(INSTALLED)
 	$(PY) -m face_model.build
 
+# .env fills in what the shell doesn't set (python-dotenv --no-override), so `MEDIA_ROOT=/tmp/x make run` wins over .env.
 run: $(INSTALLED) model
-	@mkdir -p $${MEDIA_ROOT:-data/media}
-	$(VENV)/bin/honcho start -f Procfile
+	$(VENV)/bin/dotenv -f $$([ -f .env ] && echo .env || echo /dev/null) run --no-override -- \
+	  $(VENV)/bin/honcho start -f Procfile -e /dev/null
 
 test: $(INSTALLED) model
 	$(PY) -m pytest
