@@ -1,0 +1,187 @@
+"""The AudioService gRPC server: request in, audio_service.convert does the work, status codes out."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from audio_service import limits
+from audio_service.config import ConfigError, Settings
+from audio_service.convert import (
+    AudioConverter,
+    AudioError,
+    AudioTooLarge,
+    ConversionCancelled,
+    ConverterUnavailable,
+    DeadlineExceeded,
+    InvalidAudio,
+    UnsupportedOutput,
+    find_ffmpeg,
+)
+from mediabot.logs import configure_logging
+from mediabot.v1 import audio_pb2, audio_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name  # "mediabot.v1.AudioService"
+
+# Most specific first: AudioTooLong is an AudioTooLarge.
+_STATUS_BY_ERROR: tuple[tuple[type[AudioError], grpc.StatusCode], ...] = (
+    (InvalidAudio, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnsupportedOutput, grpc.StatusCode.INVALID_ARGUMENT),
+    (AudioTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ConversionCancelled, grpc.StatusCode.CANCELLED),
+    (ConverterUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(error: AudioError) -> grpc.StatusCode:
+    """The gRPC status the contract (protos/mediabot/v1/audio.proto) promises for a conversion failure."""
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
+    """Translates between the wire and AudioConverter, and ties each ffmpeg run to its RPC's lifetime."""
+
+    def __init__(self, converter: AudioConverter) -> None:
+        self._converter = converter
+
+    def ConvertToWav(  # noqa: N802 (name fixed by the generated base class)
+        self, request: audio_pb2.ConvertToWavRequest, context: grpc.ServicerContext
+    ) -> audio_pb2.ConvertToWavResponse:
+        started = time.perf_counter()
+        # Set when the RPC ends for any reason; while converting, that means the client cancelled or went away,
+        # and the conversion kills ffmpeg rather than decode for nobody.
+        cancelled = threading.Event()
+        if not context.add_callback(cancelled.set):
+            cancelled.set()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        fields: dict[str, object] = {
+            "request_id": request.request_id,
+            "content_type": request.content_type,
+            "input_bytes": len(request.audio),
+        }
+        try:
+            result = self._converter.convert(
+                request.audio,
+                sample_rate_hz=request.sample_rate_hz or limits.DEFAULT_SAMPLE_RATE_HZ,
+                channels=request.channels or limits.DEFAULT_CHANNELS,
+                deadline=deadline,
+                cancelled=cancelled,
+            )
+        except AudioError as exc:
+            code = status_for(exc)
+            fields.update(outcome=code.name, reason=str(exc), elapsed_ms=_elapsed_ms(started))
+            level = logging.ERROR if code is grpc.StatusCode.UNAVAILABLE else logging.WARNING
+            logger.log(level, "audio conversion refused", extra=fields)
+            context.abort(code, str(exc))
+        except Exception:
+            fields.update(outcome="INTERNAL", elapsed_ms=_elapsed_ms(started))
+            logger.exception("audio conversion failed", extra=fields)
+            context.abort(grpc.StatusCode.INTERNAL, "The audio service failed unexpectedly.")
+
+        fields.update(
+            outcome="OK",
+            source_format=result.source_format,
+            source_codec=result.source_codec,
+            duration_ms=result.duration_ms,
+            output_bytes=len(result.wav),
+            elapsed_ms=_elapsed_ms(started),
+        )
+        logger.info("audio converted", extra=fields)
+        return audio_pb2.ConvertToWavResponse(
+            wav=result.wav,
+            sample_rate_hz=result.sample_rate_hz,
+            channels=result.channels,
+            bits_per_sample=result.bits_per_sample,
+            duration_ms=result.duration_ms,
+            source_format=result.source_format,
+            source_codec=result.source_codec,
+        )
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _build(settings: Settings) -> tuple[grpc.Server, int, health.HealthServicer]:
+    converter = AudioConverter(
+        max_input_bytes=settings.max_input_bytes,
+        max_duration_s=settings.max_duration_s,
+        ffmpeg=settings.ffmpeg,
+        tmp_dir=settings.tmp_dir,
+    )
+    # One worker thread per concurrent conversion (each is an ffmpeg process); calls beyond the running and
+    # queued ones are refused with RESOURCE_EXHAUSTED instead of piling up in memory.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="audio-rpc"),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=limits.server_options(settings.max_input_bytes, settings.max_duration_s),
+    )
+    audio_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(converter), server)
+
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"could not bind the audio service to {settings.listen}")
+
+    # Only ffmpeg is needed at run time: it also detects the format, so there is no ffprobe process per call.
+    if find_ffmpeg(settings.ffmpeg):
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    else:
+        logger.error("ffmpeg not found or not runnable; health stays NOT_SERVING", extra={"ffmpeg": settings.ffmpeg})
+    return server, port, health_servicer
+
+
+def create_server(settings: Settings) -> tuple[grpc.Server, int]:
+    """A configured, bound, not yet started server and its port (binding port 0 picks a free one)."""
+    server, port, _ = _build(settings)
+    return server, port
+
+
+def serve() -> None:
+    """Run until SIGTERM/SIGINT, then let in-flight conversions finish for up to AUDIO_GRACE_S seconds."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"audio service: bad configuration: {exc}") from None
+    configure_logging("audio", settings.log_level)
+    server, port, health_servicer = _build(settings)
+    server.start()
+    logger.info(
+        "audio service listening",
+        extra={"listen": settings.listen, "port": port, "workers": settings.workers,
+               "max_input_bytes": settings.max_input_bytes, "max_duration_s": settings.max_duration_s},
+    )
+
+    def shut_down(signum: int, _frame: FrameType | None) -> None:
+        logger.info("audio service stopping", extra={"signal": signal.Signals(signum).name, "grace_s": settings.grace_s})
+        # Tell load balancers first, then stop taking calls; running ones get the grace period.
+        health_servicer.enter_graceful_shutdown()
+        server.stop(settings.grace_s)
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    server.wait_for_termination()
+    logger.info("audio service stopped")
