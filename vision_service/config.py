@@ -1,0 +1,131 @@
+"""Everything the vision service can be told, read from the environment in one place at start-up.
+
+A bad value stops the service before it binds a port, with a message naming the variable, rather than
+surfacing later as a confusing error on the first photo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the gRPC server listens ("host:port"; port 0 picks a free one, as the tests do).
+    listen: str = "127.0.0.1:50052"
+    # Triton's gRPC endpoint (not its HTTP one: tritonclient.grpc ships the tensors as raw bytes).
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str = "face_detector"
+    # "" lets Triton pick the latest loaded version; the response says which one decided.
+    triton_model_version: str = ""
+    # Longest wait for one Triton round trip; a caller's shorter gRPC deadline wins.
+    triton_timeout_s: float = 5.0
+    # Default decision threshold; chosen from bench/accuracy.py on the photo set (see README, "Accuracy").
+    face_min_confidence: float = 0.6
+    # WhatsApp's own media cap; larger requests are refused before decoding.
+    max_input_bytes: int = 16 * MIB
+    # Pixel cap applied from the image header, before any pixel is decoded (decompression bombs).
+    # 50 MP admits every phone photo (a 50 MP sensor is 8160x6120 = 49.9 MP; WhatsApp itself sends at most
+    # 4096 px on the long side) while bounding a non-JPEG decode to ~200 MB per worker (RGBA, 4 bytes/pixel).
+    max_pixels: int = 50_000_000
+    # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching.
+    workers: int = 8
+    # Calls queued beyond the running ones before new ones are refused with RESOURCE_EXHAUSTED.
+    max_queued: int = 32
+    # Seconds SIGTERM leaves in-flight calls to finish.
+    grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def max_concurrent_rpcs(self) -> int:
+        return self.workers + self.max_queued
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest DetectFaces request gRPC will accept: the image cap plus room for the other fields."""
+        return self.max_input_bytes + 64 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment (or ``environ``); raise ConfigError naming the variable on any bad value."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            listen=_address(env, "VISION_LISTEN", defaults.listen),
+            triton_url=_address(env, "TRITON_URL", defaults.triton_url),
+            triton_model=_nonempty(env, "TRITON_MODEL", defaults.triton_model),
+            triton_model_version=_version(env, "TRITON_MODEL_VERSION", defaults.triton_model_version),
+            triton_timeout_s=_number(env, "TRITON_TIMEOUT_S", defaults.triton_timeout_s, float, minimum=0.01),
+            face_min_confidence=_confidence(env, "FACE_MIN_CONFIDENCE", defaults.face_min_confidence),
+            max_input_bytes=_number(env, "VISION_MAX_INPUT_BYTES", defaults.max_input_bytes, int, minimum=1),
+            max_pixels=_number(env, "VISION_MAX_PIXELS", defaults.max_pixels, int, minimum=1),
+            workers=_number(env, "VISION_WORKERS", defaults.workers, int, minimum=1),
+            max_queued=_number(env, "VISION_MAX_QUEUED", defaults.max_queued, int, minimum=0),
+            grace_s=_number(env, "VISION_GRACE_S", defaults.grace_s, float, minimum=0.0),
+            log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
+        )
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _nonempty(env: Mapping[str, str], name: str, default: str) -> str:
+    return _raw(env, name) or default
+
+
+def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}={value!r}: expected host:port, e.g. {default!r}")
+    return value
+
+
+def _version(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise ConfigError(f"{name}={value!r}: expected a model version number, or empty for the latest")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default, kind, *, minimum):
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    if not number >= minimum or number == float("inf"):  # also refuses NaN
+        raise ConfigError(f"{name}={value!r}: must be at least {minimum}")
+    return number
+
+
+def _confidence(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default, float, minimum=0.0)
+    if value > 1.0:
+        raise ConfigError(f"{name}={value!r}: a confidence is between 0 and 1")
+    return value
+
+
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    value = (_raw(env, name) or default).upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"{name}={value!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value

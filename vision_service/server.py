@@ -1,0 +1,277 @@
+"""The VisionService gRPC server: factory, health that follows Triton, reflection, limits, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+import warnings
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from PIL import Image
+
+from mediabot.logs import configure_logging
+from mediabot.v1 import vision_pb2, vision_pb2_grpc
+from vision_service.config import Settings
+from vision_service.detector import TritonDetector
+from vision_service.errors import (
+    DetectorRejected,
+    DetectorTimeout,
+    DetectorUnavailable,
+    ImageTooLarge,
+    InvalidImage,
+)
+from vision_service.pipeline import Limits, find_faces
+
+logger = logging.getLogger("vision_service")
+
+SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+# How often the health watcher asks Triton while ready, and while not (faster, to come back quickly).
+READY_POLL_S = 5.0
+NOT_READY_POLL_S = 1.0
+# Left of the caller's deadline for encoding and sending our answer after Triton's.
+DEADLINE_MARGIN_S = 0.02
+
+
+class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
+    def __init__(self, settings: Settings, detector: TritonDetector, watcher: HealthWatcher) -> None:
+        self._settings = settings
+        self._detector = detector
+        self._watcher = watcher
+        self._limits = Limits(max_bytes=settings.max_input_bytes, max_pixels=settings.max_pixels)
+
+    def DetectFaces(self, request: vision_pb2.DetectFacesRequest, context: grpc.ServicerContext):
+        request_id = request.request_id or uuid.uuid4().hex
+        fields = {"request_id": request_id, "content_type": request.content_type, "size": len(request.image)}
+        min_confidence = self._settings.face_min_confidence
+        if request.HasField("min_confidence"):
+            min_confidence = request.min_confidence
+            if not 0.0 <= min_confidence <= 1.0:  # also refuses NaN
+                self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "min_confidence must be between 0 and 1", fields)
+        remaining = context.time_remaining()
+        timeout_s = self._settings.triton_timeout_s
+        caller_bound = remaining is not None and remaining - DEADLINE_MARGIN_S < timeout_s
+        if caller_bound:
+            timeout_s = remaining - DEADLINE_MARGIN_S
+            if timeout_s <= 0:
+                self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started", fields)
+        try:
+            report = find_faces(
+                request.image,
+                detector=self._detector,
+                limits=self._limits,
+                min_confidence=min_confidence,
+                timeout_s=timeout_s,
+                request_id=request_id,
+            )
+        except InvalidImage as error:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), fields)
+        except ImageTooLarge as error:
+            self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), fields)
+        except DetectorTimeout as error:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if caller_bound else grpc.StatusCode.UNAVAILABLE
+            self._abort(context, code, f"the face detector did not answer in time ({error})", fields)
+        except DetectorUnavailable as error:
+            self._watcher.check_now()
+            self._abort(context, grpc.StatusCode.UNAVAILABLE, f"the face detector is unavailable ({error})", fields)
+        except DetectorRejected as error:
+            self._abort(context, grpc.StatusCode.INTERNAL, f"the face detector refused the request ({error})", fields)
+        logger.info(
+            "detected faces",
+            extra={
+                **fields,
+                "format": report.format,
+                "width": report.width,
+                "height": report.height,
+                "faces": len(report.faces),
+                "min_confidence": min_confidence,
+                "model_version": report.model_version,
+                **{f"{step}_ms": ms for step, ms in report.timings_ms.items()},
+            },
+        )
+        return vision_pb2.DetectFacesResponse(
+            has_face=bool(report.faces),
+            faces=[
+                vision_pb2.Face(
+                    box=vision_pb2.BoundingBox(left=f.left, top=f.top, right=f.right, bottom=f.bottom),
+                    confidence=f.confidence,
+                )
+                for f in report.faces
+            ],
+            width=report.width,
+            height=report.height,
+            format=report.format,
+            model_name=self._settings.triton_model,
+            model_version=report.model_version,
+            min_confidence=min_confidence,
+        )
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, fields: dict) -> None:
+        logger.warning("refused", extra={**fields, "status": code.name, "reason": message})
+        context.abort(code, message)
+
+
+class HealthWatcher:
+    """Keeps the health status equal to "Triton is up and the model is ready and matches", in both directions.
+
+    A thread rather than a check per health probe: probes must answer fast and must not hammer Triton,
+    and the detector also needs the canvas size re-read whenever the model comes back (it may have changed).
+    """
+
+    def __init__(self, detector: TritonDetector, servicer: health.HealthServicer, services: list[str]) -> None:
+        self._detector = detector
+        self._health = servicer
+        self._services = services
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._serving: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="vision-health", daemon=True)
+
+    def start(self) -> None:
+        self._set(False, "starting")
+        self._thread.start()
+
+    def check_now(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                info = self._detector.check(timeout_s=NOT_READY_POLL_S * 2)
+            except (DetectorUnavailable, DetectorRejected) as error:
+                self._set(False, str(error))
+            except Exception as error:  # The watcher must outlive any surprise, or health would freeze.
+                logger.exception("health check failed unexpectedly")
+                self._set(False, repr(error))
+            else:
+                self._set(True, f"model {info.name} ready, canvas {info.canvas}x{info.canvas}")
+            self._wake.wait(READY_POLL_S if self._serving else NOT_READY_POLL_S)
+            self._wake.clear()
+
+    def _set(self, serving: bool, reason: str) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self._services:
+            self._health.set(service, status)
+        logger.info("health changed", extra={"serving": serving, "reason": reason})
+
+
+class VisionServer(grpc.Server):
+    """A grpc.Server that also stops the health watcher (and the Triton client it made) when it stops."""
+
+    def __init__(self, server: grpc.Server, watcher: HealthWatcher, detector: TritonDetector, owns_detector: bool):
+        self._server = server
+        self._watcher = watcher
+        self._detector = detector
+        self._owns_detector = owns_detector
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers):
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name, method_handlers):
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    def start(self) -> None:
+        self._server.start()
+        self._watcher.start()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        self._watcher.stop()
+        stopped = self._server.stop(grace)
+        if self._owns_detector:
+            # Close the Triton channel only once the draining calls are done with it.
+            threading.Thread(target=lambda: (stopped.wait(), self._detector.close()), daemon=True).start()
+        return stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
+def configure_pillow(settings: Settings) -> None:
+    """Pillow's own bomb guard, process-wide, as a backstop to decode.py's header check at the same limit.
+
+    Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; as an error, decode.py refuses it cleanly.
+    LOAD_TRUNCATED_IMAGES stays False so a cut-off upload is an error, not a half-grey photo.
+    """
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def create_server(settings: Settings, detector: TritonDetector | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; returns it and the bound port (useful with port 0).
+
+    The health status starts NOT_SERVING and follows Triton from the moment the server starts.
+    """
+    configure_pillow(settings)
+    owns_detector = detector is None
+    if detector is None:
+        detector = TritonDetector(
+            settings.triton_url,
+            settings.triton_model,
+            settings.triton_model_version,
+            timeout_s=settings.triton_timeout_s,
+        )
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="vision"),
+        options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    health_servicer = health.HealthServicer()
+    watcher = HealthWatcher(detector, health_servicer, ["", SERVICE_NAME])
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(settings, detector, watcher), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.listen}")
+    return VisionServer(server, watcher, detector, owns_detector), port
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then let in-flight calls finish for up to VISION_GRACE_S."""
+    settings = settings or Settings.from_env()
+    configure_logging("vision", settings.log_level)
+    server, port = create_server(settings)
+    server.start()
+    logger.info(
+        "vision service listening",
+        extra={"listen": settings.listen, "port": port, "triton_url": settings.triton_url, "model": settings.triton_model},
+    )
+    done = threading.Event()
+
+    def shutdown(signum: int, _frame) -> None:
+        logger.info("stopping", extra={"signal": signal.Signals(signum).name, "grace_s": settings.grace_s})
+        server.stop(settings.grace_s).wait()
+        done.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    server.wait_for_termination()
+    done.wait(timeout=settings.grace_s + 1)
