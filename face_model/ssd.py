@@ -1,0 +1,325 @@
+"""OpenCV's ResNet-10 SSD face detector as a ``torch.nn.Module``, built from its Caffe deploy prototxt.
+
+The module is assembled layer by layer from the prototxt rather than hand-transcribed, so the
+architecture cannot drift from the file OpenCV runs: every Caffe layer becomes a torch module or
+call, executed in prototxt order over named blobs (which also reproduces Caffe's in-place layers:
+a layer reading a blob sees it as modified by every earlier layer). The prior boxes are computed
+once, for the canvas size given to the constructor, exactly as the PriorBox layers derive them from
+the feature-map and input sizes; so the same weights run on a 300x300 or a larger canvas.
+
+Input: uint8 RGB images (N, H, W, 3) already resized/letterboxed to the canvas. The BGR swap and
+the mean subtraction happen inside, as OpenCV's ``blobFromImage(img, 1.0, size, mean)`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from face_model import caffe_pb2
+from face_model.caffe_layers import (
+    CaffeBatchNorm,
+    CaffeNormalize,
+    CaffeScale,
+    convolution_output_size,
+    load_convolution_blobs,
+    pooling_output_size,
+    prior_box_count,
+    prior_boxes,
+)
+from face_model.detection_output import DetectionOutputParams, detection_output
+
+# OpenCV's face detector sample subtracts (104, 177, 123), which is most likely a typo for the
+# (104, 117, 123) this model was trained with; the default is the latter until the accuracy
+# measurement on real photos decides (the mean is a Triton model parameter, MEAN_BGR).
+DEFAULT_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
+
+# Layer types whose output is a function of the blob shapes only, computed once at construction.
+_CONSTANT_TYPES = frozenset({"PriorBox"})
+_SHAPE_PRESERVING_TYPES = frozenset({"BatchNorm", "Scale", "ReLU", "Normalize"})
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One Caffe layer to run at inference time."""
+
+    name: str
+    type: str
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+
+
+def _canvas_hw(canvas_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(canvas_size, int):
+        height = width = canvas_size
+    else:
+        height, width = (int(v) for v in canvas_size)
+    if height < 32 or width < 32:
+        raise ValueError(f"canvas {height}x{width} is too small for the detector (minimum 32x32)")
+    return height, width
+
+
+def _single(values: Sequence[int], default: int, what: str, layer: str) -> int:
+    """Caffe allows per-axis values; this net uses one value for both axes, and so does the port."""
+    if len(values) == 0:
+        return default
+    if len(set(values)) != 1:
+        raise NotImplementedError(f"{layer}: different {what} per axis is not supported")
+    return int(values[0])
+
+
+def _is_in_test_phase(layer: caffe_pb2.LayerParameter) -> bool:
+    if any(rule.HasField("phase") and rule.phase == caffe_pb2.TEST for rule in layer.exclude):
+        return False
+    if len(layer.include):
+        return any(not rule.HasField("phase") or rule.phase == caffe_pb2.TEST for rule in layer.include)
+    return True
+
+
+class FaceSSD(nn.Module):
+    """The SSD face detector for one canvas size: uint8 RGB images in, final detections out."""
+
+    def __init__(
+        self,
+        net: caffe_pb2.NetParameter,
+        *,
+        canvas_size: int | Sequence[int] = 300,
+        mean_bgr: Sequence[float] = DEFAULT_MEAN_BGR,
+    ) -> None:
+        super().__init__()
+        self.canvas_hw = _canvas_hw(canvas_size)
+        if len(mean_bgr) != 3:
+            raise ValueError(f"mean_bgr needs 3 values (B, G, R), got {list(mean_bgr)}")
+        self.register_buffer("mean_bgr", torch.tensor([float(v) for v in mean_bgr]).view(1, 3, 1, 1), persistent=False)
+        if len(net.input) != 1:
+            raise NotImplementedError("the prototxt must declare exactly one input blob")
+        self.input_blob = net.input[0]
+
+        self.layers = nn.ModuleDict()
+        self._steps: list[_Step] = []
+        shapes: dict[str, tuple[int, ...]] = {self.input_blob: (3, *self.canvas_hw)}
+        constants: dict[str, np.ndarray] = {}
+        self._layer_types: dict[str, str] = {}
+        self.detection_params: DetectionOutputParams | None = None
+        self._detection_inputs: tuple[str, str, str] | None = None
+
+        for layer in net.layer:
+            if not _is_in_test_phase(layer):
+                continue
+            self._layer_types[layer.name] = layer.type
+            self._add_layer(layer, shapes, constants)
+
+        if self.detection_params is None or self._detection_inputs is None:
+            raise NotImplementedError("the prototxt has no DetectionOutput layer")
+        loc_blob, conf_blob, prior_blob = self._detection_inputs
+        if prior_blob not in constants:
+            raise NotImplementedError("DetectionOutput's prior input must come from PriorBox layers")
+        priors = torch.from_numpy(constants[prior_blob].reshape(2, -1, 4).copy())
+        self.register_buffer("priors", priors[0], persistent=False)
+        self.register_buffer("variances", priors[1], persistent=False)
+        self._loc_blob, self._conf_blob = loc_blob, conf_blob
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _add_layer(
+        self,
+        layer: caffe_pb2.LayerParameter,
+        shapes: dict[str, tuple[int, ...]],
+        constants: dict[str, np.ndarray],
+    ) -> None:
+        kind = layer.type
+        name = layer.name
+        bottoms = tuple(layer.bottom)
+        tops = tuple(layer.top)
+        in_shape = shapes.get(bottoms[0]) if bottoms else None
+
+        if kind == "Convolution":
+            p = layer.convolution_param
+            if p.HasField("kernel_h") or p.HasField("stride_h") or p.pad_h or p.pad_w or p.group != 1:
+                raise NotImplementedError(f"{name}: kernel_h/stride_h/pad_h/group are not supported")
+            kernel = _single(p.kernel_size, 1, "kernel_size", name)
+            stride = _single(p.stride, 1, "stride", name)
+            pad = _single(p.pad, 0, "pad", name)
+            dilation = _single(p.dilation, 1, "dilation", name)
+            channels, height, width = self._spatial(in_shape, name)
+            self.layers[name] = nn.Conv2d(
+                channels, p.num_output, kernel, stride=stride, padding=pad, dilation=dilation, bias=p.bias_term
+            )
+            out = (
+                p.num_output,
+                convolution_output_size(height, kernel, stride, pad, dilation),
+                convolution_output_size(width, kernel, stride, pad, dilation),
+            )
+            self._steps.append(_Step(name, kind, bottoms, tops))
+            shapes[tops[0]] = out
+        elif kind == "BatchNorm":
+            channels = self._spatial(in_shape, name)[0]
+            self.layers[name] = CaffeBatchNorm(channels, layer.batch_norm_param.eps)
+            self._steps.append(_Step(name, kind, bottoms, tops))
+        elif kind == "Scale":
+            p = layer.scale_param
+            if p.axis != 1 or p.num_axes != 1 or len(bottoms) != 1:
+                raise NotImplementedError(f"{name}: only a learned per-channel Scale is supported")
+            self.layers[name] = CaffeScale(self._spatial(in_shape, name)[0], p.bias_term)
+            self._steps.append(_Step(name, kind, bottoms, tops))
+        elif kind == "Normalize":
+            p = layer.norm_param
+            if p.across_spatial:
+                raise NotImplementedError(f"{name}: across_spatial Normalize is not supported")
+            self.layers[name] = CaffeNormalize(self._spatial(in_shape, name)[0], p.eps, p.channel_shared)
+            self._steps.append(_Step(name, kind, bottoms, tops))
+        elif kind == "ReLU":
+            self._steps.append(_Step(name, kind, bottoms, tops, (layer.relu_param.negative_slope,)))
+        elif kind == "Pooling":
+            p = layer.pooling_param
+            if p.pool != caffe_pb2.PoolingParameter.MAX or p.global_pooling:
+                raise NotImplementedError(f"{name}: only MAX pooling is supported")
+            channels, height, width = self._spatial(in_shape, name)
+            if p.pad * 2 > p.kernel_size:
+                raise NotImplementedError(f"{name}: padding larger than half the kernel")
+            out_h = pooling_output_size(height, p.kernel_size, p.stride, p.pad)
+            out_w = pooling_output_size(width, p.kernel_size, p.stride, p.pad)
+            self._steps.append(_Step(name, kind, bottoms, tops, (p.kernel_size, p.stride, p.pad)))
+            shapes[tops[0]] = (channels, out_h, out_w)
+        elif kind == "Eltwise":
+            p = layer.eltwise_param
+            coeffs = tuple(p.coeff) if len(p.coeff) else (1.0,) * len(bottoms)
+            shapes_in = {shapes.get(b) for b in bottoms}
+            if len(shapes_in) != 1:
+                raise ValueError(f"{name}: Eltwise inputs have different shapes {shapes_in}")
+            self._steps.append(_Step(name, kind, bottoms, tops, (p.operation, coeffs)))
+            shapes[tops[0]] = shapes[bottoms[0]]
+        elif kind == "PriorBox":
+            feature_hw = self._spatial(in_shape, name)[1:]
+            image_hw = self._spatial(shapes.get(bottoms[1]), name)[1:]
+            constants[tops[0]] = prior_boxes(layer.prior_box_param, feature_hw, image_hw)
+            expected = feature_hw[0] * feature_hw[1] * prior_box_count(layer.prior_box_param) * 4
+            if constants[tops[0]].shape != (2, expected):
+                raise AssertionError(f"{name}: {constants[tops[0]].shape} priors, expected (2, {expected})")
+        elif kind == "Concat" and all(b in constants for b in bottoms):
+            if layer.concat_param.axis != 2:
+                raise NotImplementedError(f"{name}: priors concatenated along axis {layer.concat_param.axis}")
+            constants[tops[0]] = np.concatenate([constants[b] for b in bottoms], axis=1)
+        elif kind in ("Concat", "Permute", "Flatten", "Reshape", "Softmax"):
+            args: tuple[Any, ...]
+            if kind == "Concat":
+                args = (layer.concat_param.axis,)
+            elif kind == "Permute":
+                args = tuple(int(v) for v in layer.permute_param.order)
+            elif kind == "Flatten":
+                args = (layer.flatten_param.axis, layer.flatten_param.end_axis)
+            elif kind == "Reshape":
+                p = layer.reshape_param
+                if p.axis != 0 or p.num_axes != -1:
+                    raise NotImplementedError(f"{name}: partial Reshape is not supported")
+                args = tuple(int(d) for d in p.shape.dim)
+            else:
+                args = (layer.softmax_param.axis,)
+            self._steps.append(_Step(name, kind, bottoms, tops, args))
+        elif kind == "DetectionOutput":
+            if len(bottoms) != 3:
+                raise NotImplementedError(f"{name}: DetectionOutput needs loc, conf and prior inputs")
+            self.detection_params = DetectionOutputParams.from_layer(layer.detection_output_param)
+            self._detection_inputs = (bottoms[0], bottoms[1], bottoms[2])
+        else:
+            raise NotImplementedError(f"{name}: Caffe layer type {kind!r} is not supported")
+
+        if kind in _SHAPE_PRESERVING_TYPES and in_shape is not None:
+            shapes[tops[0]] = in_shape
+
+    @staticmethod
+    def _spatial(shape: tuple[int, ...] | None, layer: str) -> tuple[int, int, int]:
+        if shape is None or len(shape) != 3:
+            raise NotImplementedError(f"{layer}: input is not a (C, H, W) feature map")
+        return shape[0], shape[1], shape[2]
+
+    def load_caffe_weights(self, weights: dict[str, list[np.ndarray]]) -> None:
+        """Copies every parametrized layer's blobs in; a missing layer or a wrong shape is an error."""
+        for name, module in self.layers.items():
+            if name not in weights:
+                raise KeyError(f"the caffemodel has no weights for layer {name!r}")
+            blobs = weights[name]
+            if isinstance(module, nn.Conv2d):
+                expected = [tuple(module.weight.shape)] + ([tuple(module.bias.shape)] if module.bias is not None else [])
+                actual = [tuple(b.shape) for b in blobs]
+                if actual != expected:
+                    raise ValueError(f"{name}: caffemodel blobs {actual}, prototxt expects {expected}")
+                load_convolution_blobs(module, blobs)
+            else:
+                module.load_blobs(blobs)  # type: ignore[operator]
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, H, W, 3) -> float32 BGR minus mean (N, 3, H, W), i.e. OpenCV's blob."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[3] != 3:
+            raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+        if tuple(images.shape[1:3]) != self.canvas_hw:
+            raise ValueError(f"expected images of {self.canvas_hw[0]}x{self.canvas_hw[1]}, got {tuple(images.shape[1:3])}")
+        bgr = images.permute(0, 3, 1, 2).flip(1)
+        return bgr.to(torch.float32) - self.mean_bgr
+
+    def run_network(self, blob: torch.Tensor, outputs: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """Runs the layers on a preprocessed blob; returns the named blobs (default: loc and conf)."""
+        wanted = tuple(outputs) or (self._loc_blob, self._conf_blob)
+        blobs: dict[str, torch.Tensor] = {self.input_blob: blob}
+        for step in self._steps:
+            inputs = [blobs[b] for b in step.bottoms]
+            blobs[step.tops[0]] = self._run_step(step, inputs)
+        return {name: blobs[name] for name in wanted}
+
+    def _run_step(self, step: _Step, inputs: list[torch.Tensor]) -> torch.Tensor:
+        kind = step.type
+        if step.name in self.layers:
+            return self.layers[step.name](inputs[0])
+        if kind == "ReLU":
+            (slope,) = step.args
+            return F.relu(inputs[0]) if slope == 0 else F.leaky_relu(inputs[0], slope)
+        if kind == "Pooling":
+            kernel, stride, pad = step.args
+            return F.max_pool2d(inputs[0], kernel, stride, pad, ceil_mode=True)
+        if kind == "Eltwise":
+            operation, coeffs = step.args
+            if operation == caffe_pb2.EltwiseParameter.SUM:
+                total = inputs[0] if coeffs[0] == 1 else inputs[0] * coeffs[0]
+                for tensor, coeff in zip(inputs[1:], coeffs[1:]):
+                    total = total + (tensor if coeff == 1 else tensor * coeff)
+                return total
+            if operation == caffe_pb2.EltwiseParameter.PROD:
+                result = inputs[0]
+                for tensor in inputs[1:]:
+                    result = result * tensor
+                return result
+            result = inputs[0]
+            for tensor in inputs[1:]:
+                result = torch.maximum(result, tensor)
+            return result
+        if kind == "Concat":
+            return torch.cat(inputs, dim=step.args[0])
+        if kind == "Permute":
+            return inputs[0].permute(*step.args)
+        if kind == "Flatten":
+            axis, end_axis = step.args
+            return inputs[0].flatten(axis, end_axis)
+        if kind == "Reshape":
+            shape = [inputs[0].shape[i] if d == 0 else d for i, d in enumerate(step.args)]
+            return inputs[0].reshape(shape)
+        if kind == "Softmax":
+            return torch.softmax(inputs[0], dim=step.args[0])
+        raise AssertionError(f"unhandled layer type {kind}")
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 RGB (N, H, W, 3) -> detections (N, keep_top_k, 5) float32, counts (N,) int32."""
+        assert self.detection_params is not None
+        blobs = self.run_network(self.preprocess(images))
+        batch = images.shape[0]
+        loc = blobs[self._loc_blob].reshape(batch, -1, 4)
+        conf = blobs[self._conf_blob].reshape(batch, loc.shape[1], -1)
+        return detection_output(loc, conf, self.priors, self.variances, self.detection_params)
