@@ -1,0 +1,51 @@
+"""The WhatsApp gateway: a Flask app that receives Twilio webhooks, keeps the media, and replies.
+
+Production: ``gunicorn 'gateway:create_app()'`` (configuration from the environment, see gateway.config).
+Tests: ``create_app({"MEDIA_ROOT": ..., "TWILIO_AUTH_TOKEN": ...})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import os
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway.config import ConfigError, Settings
+from mediabot.logs import configure_logging
+
+__all__ = ["create_app"]
+
+# Twilio's webhook form is a few kB even with ten media URLs; anything near this is not Twilio.
+_MAX_FORM_BYTES = 256 * 1024
+
+
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
+    """Build the app and its long-lived clients.
+
+    ``config`` holds environment-variable overrides (e.g. ``{"MEDIA_ROOT": tmp_path}``), laid over
+    os.environ and validated by the same ``Settings.from_env`` as production, so a test cannot build a
+    configuration the real service would refuse.
+    """
+    # Imported here so `import gateway.config` (the simulator) does not pull in the whole app.
+    from gateway import health, webhook
+    from gateway.services import Services
+
+    env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as error:
+        raise SystemExit(f"gateway: bad configuration: {error}") from None
+    configure_logging("gateway", settings.log_level)
+    settings.log_development_warning()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = _MAX_FORM_BYTES
+    if settings.trust_proxy:
+        # One proxy hop (ngrok, an ingress): the URL Twilio signed is rebuilt from its X-Forwarded-* headers.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
+    app.extensions["mediabot"] = Services.from_settings(settings)
+    app.register_blueprint(webhook.bp)
+    app.register_blueprint(health.bp)
+    return app

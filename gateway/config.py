@@ -1,0 +1,240 @@
+"""The gateway's configuration: read from the environment once, at start-up, into one frozen object.
+
+Everything the gateway may be told lives here, so a wrong value stops the process with a readable
+message before the first webhook instead of failing on some user's voice note later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+# Used when TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are unset, so `make run` and `python -m gateway.simulate`
+# work together out of the box. The simulator imports these same constants: one place, one truth.
+DEV_ACCOUNT_SID = "AC00000000000000000000000000000000"
+DEV_AUTH_TOKEN = "mediabot-local-development-auth-token"
+
+DEFAULT_GATEWAY_PORT = 8080
+WEBHOOK_PATH = "/whatsapp"
+
+# Where Twilio's MediaUrl{N} points (api.twilio.com, which wants basic auth) and where it redirects the
+# download: mms.twiliocdn.com for accounts that enforce HTTP auth on media, s3-external-1.amazonaws.com
+# for older, unauthenticated media (Twilio's "Protect Media Access with HTTP Basic Authentication" page).
+DEFAULT_MEDIA_HOSTS = ("api.twilio.com", "mms.twiliocdn.com", "s3-external-1.amazonaws.com")
+
+# Allowed only with the development credentials, where the simulator serves media from this machine.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+STORAGE_BACKENDS = ("filesystem",)  # "minio" arrives with its own issue
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message says which variable and why."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that can only reach this machine (plain http is acceptable there)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_public_base_url(env: Mapping[str, str]) -> str:
+    """The URL the local gateway answers on when PUBLIC_BASE_URL is unset; the simulator signs for the same."""
+    return f"http://127.0.0.1:{_port(env.get('GATEWAY_PORT'), 'GATEWAY_PORT', DEFAULT_GATEWAY_PORT)}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    public_base_url: str
+    trust_proxy: bool
+    twilio_account_sid: str
+    twilio_auth_token: str
+    # True when the two values above are DEV_ACCOUNT_SID / DEV_AUTH_TOKEN because none were configured.
+    dev_credentials: bool
+    # Secret of a Twilio webhook SharedKey (Webhook Rules, public beta): used only for requests that carry
+    # X-Twilio-Webhooks-Signature-Settings; empty means such requests are refused.
+    twilio_webhook_shared_key: str
+    media_host_allowlist: frozenset[str]
+    audio_service_addr: str
+    vision_service_addr: str
+    storage: str
+    media_root: Path
+    max_media_bytes: int
+    download_connect_timeout_s: float
+    download_read_timeout_s: float
+    # Pauses before retrying a media URL that answered 404 (Twilio serves webhooks before media propagates).
+    media_404_retry_delays_s: tuple[float, ...]
+    audio_rpc_timeout_s: float
+    vision_rpc_timeout_s: float
+    health_check_timeout_s: float
+    # Wall-clock budget for one webhook; every download, RPC and retry pause is cut to what is left of it.
+    webhook_budget_s: float
+    log_level: str
+    gateway_port: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: os.environ); raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return None if value is None or value.strip() == "" else value.strip()
+
+        port = _port(get("GATEWAY_PORT"), "GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
+        public_base_url = _public_base_url(get("PUBLIC_BASE_URL") or default_public_base_url(env))
+
+        sid, token = get("TWILIO_ACCOUNT_SID"), get("TWILIO_AUTH_TOKEN")
+        if (sid is None) != (token is None):
+            raise ConfigError("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither (development mode)")
+        dev_credentials = sid is None
+        if sid is None or token is None:
+            sid, token = DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+        if not (len(sid) == 34 and sid.startswith("AC")):
+            raise ConfigError(f"TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits, got {sid!r}")
+
+        hosts = get("MEDIA_HOST_ALLOWLIST")
+        allowlist = _hostnames(hosts) if hosts is not None else frozenset(DEFAULT_MEDIA_HOSTS)
+        if dev_credentials:
+            allowlist |= frozenset(LOOPBACK_HOSTS)
+
+        storage = (get("STORAGE") or "filesystem").lower()
+        if storage not in STORAGE_BACKENDS:
+            raise ConfigError(f"STORAGE must be one of {', '.join(STORAGE_BACKENDS)}, got {storage!r}")
+
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
+
+        settings = cls(
+            public_base_url=public_base_url,
+            trust_proxy=_bool(get("TRUST_PROXY"), "TRUST_PROXY", False),
+            twilio_account_sid=sid,
+            twilio_auth_token=token,
+            dev_credentials=dev_credentials,
+            twilio_webhook_shared_key=get("TWILIO_WEBHOOK_SHARED_KEY") or "",
+            media_host_allowlist=allowlist,
+            audio_service_addr=get("AUDIO_SERVICE_ADDR") or "127.0.0.1:50051",
+            vision_service_addr=get("VISION_SERVICE_ADDR") or "127.0.0.1:50052",
+            storage=storage,
+            media_root=Path(get("MEDIA_ROOT") or "./data/media"),
+            max_media_bytes=_int(get("MAX_MEDIA_BYTES"), "MAX_MEDIA_BYTES", 16 * MIB, minimum=1),
+            download_connect_timeout_s=_float(get("DOWNLOAD_CONNECT_TIMEOUT_S"), "DOWNLOAD_CONNECT_TIMEOUT_S", 3.05),
+            download_read_timeout_s=_float(get("DOWNLOAD_READ_TIMEOUT_S"), "DOWNLOAD_READ_TIMEOUT_S", 5.0),
+            media_404_retry_delays_s=_floats(get("MEDIA_404_RETRY_DELAYS_S"), "MEDIA_404_RETRY_DELAYS_S", (1.0, 3.0)),
+            audio_rpc_timeout_s=_float(get("AUDIO_RPC_TIMEOUT_S"), "AUDIO_RPC_TIMEOUT_S", 6.0),
+            vision_rpc_timeout_s=_float(get("VISION_RPC_TIMEOUT_S"), "VISION_RPC_TIMEOUT_S", 4.0),
+            health_check_timeout_s=_float(get("HEALTH_CHECK_TIMEOUT_S"), "HEALTH_CHECK_TIMEOUT_S", 1.0),
+            webhook_budget_s=_float(get("WEBHOOK_BUDGET_S"), "WEBHOOK_BUDGET_S", 12.0),
+            log_level=log_level,
+            gateway_port=port,
+        )
+        if settings.webhook_budget_s >= 15:
+            raise ConfigError("WEBHOOK_BUDGET_S must stay below Twilio's 15 s webhook timeout")
+        return settings
+
+    def log_development_warning(self) -> None:
+        """Loud on purpose: a gateway on the development token would accept webhooks anyone can sign."""
+        if self.dev_credentials:
+            logger.warning(
+                "RUNNING WITH DEVELOPMENT TWILIO CREDENTIALS: TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are unset, so "
+                "webhooks are checked against a public development token and media may be fetched from loopback "
+                "hosts (%s). Fine for `make run` with the simulator; set both variables before exposing this "
+                "gateway to Twilio.",
+                ", ".join(LOOPBACK_HOSTS),
+                extra={"dev_credentials": True, "public_base_url": self.public_base_url},
+            )
+
+
+def _public_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"PUBLIC_BASE_URL must be an http(s) URL like https://abc.ngrok.app, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"PUBLIC_BASE_URL must be scheme://host[:port] without a path or query, got {value!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _hostnames(value: str) -> frozenset[str]:
+    hosts = frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host or (":" in host and not _is_ip(host)):
+            raise ConfigError(f"MEDIA_HOST_ALLOWLIST takes bare host names separated by commas, got {host!r}")
+    if not hosts:
+        raise ConfigError("MEDIA_HOST_ALLOWLIST is set but names no host")
+    return hosts
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _bool(value: str | None, name: str, default: bool) -> bool:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 0 or 1, got {value!r}")
+
+
+def _int(value: str | None, name: str, default: int, *, minimum: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _port(value: str | None, name: str, default: int) -> int:
+    port = _int(value, name, default, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {port}")
+    return port
+
+
+def _float(value: str | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value!r}")
+    return number
+
+
+def _floats(value: str | None, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    if value is None:
+        return default
+    try:
+        numbers = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds like 1,3, got {value!r}") from None
+    if any(n < 0 for n in numbers):
+        raise ConfigError(f"{name} must not contain negative delays, got {value!r}")
+    return numbers

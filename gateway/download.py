@@ -1,0 +1,221 @@
+"""Fetching a message's media from Twilio: authenticated, allowlisted, capped and on a deadline.
+
+Twilio's MediaUrl{N} (on api.twilio.com) wants HTTP basic auth with the account SID and auth token, then
+redirects to a short-lived URL on its CDN. The credentials must reach Twilio and nobody else, so:
+- every URL, and every redirect hop before it is followed, must be on the host allowlist, over https
+  (plain http only to loopback hosts, which is where the simulator and the tests serve media);
+- the credentials are attached to the first request only; on a redirect to another host requests'
+  ``Session.rebuild_auth`` drops the Authorization header (``should_strip_auth``), and with
+  ``trust_env`` off it adds nothing back from ~/.netrc either (tests/gateway checks this on the wire).
+The body is streamed and abandoned as soon as it passes the size cap, and its reads are cut off at the
+webhook budget, so a slow or huge download can neither stall the reply nor fill memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+
+from gateway.budget import Budget
+from gateway.config import is_loopback_host
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 64 * 1024
+_MAX_REDIRECTS = 5
+
+
+class Failure(enum.Enum):
+    DISALLOWED_URL = "disallowed_url"
+    NOT_FOUND = "not_found"
+    REFUSED = "refused"  # 401/403: our credentials were not accepted
+    HTTP_ERROR = "http_error"  # any other unexpected status, or a redirect loop
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    TOO_LARGE = "too_large"
+
+
+class DownloadError(Exception):
+    def __init__(self, failure: Failure, detail: str) -> None:
+        super().__init__(f"{failure.value}: {detail}")
+        self.failure = failure
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    data: bytes
+    # Content-Type of the final response (parameters dropped), for the logs; the webhook's declared type wins.
+    content_type: str
+    # How many times the URL was requested (more than 1 after a 404 retry).
+    attempts: int
+
+
+def check_url(url: str, allowlist: frozenset[str]) -> None:
+    """Raise DownloadError(DISALLOWED_URL) unless ``url`` may be fetched (and may receive credentials)."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise DownloadError(Failure.DISALLOWED_URL, "malformed URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise DownloadError(Failure.DISALLOWED_URL, f"not an http(s) URL: scheme {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        raise DownloadError(Failure.DISALLOWED_URL, "URL carries its own credentials")
+    if host not in allowlist:
+        raise DownloadError(Failure.DISALLOWED_URL, f"host {host!r} is not on MEDIA_HOST_ALLOWLIST")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise DownloadError(Failure.DISALLOWED_URL, f"plain http to {host!r}; only https leaves this machine")
+
+
+class _AllowlistedSession(requests.Session):
+    """A Session that vets each redirect target before requests follows it."""
+
+    def __init__(self, allowlist: frozenset[str]) -> None:
+        super().__init__()
+        self._allowlist = allowlist
+        self.max_redirects = _MAX_REDIRECTS
+        # No proxies or ~/.netrc credentials from the environment: nothing but our own auth, to our own hosts.
+        self.trust_env = False
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target is not None:
+            try:
+                check_url(urljoin(resp.url, target), self._allowlist)
+            except DownloadError:
+                resp.close()
+                raise
+        return target
+
+
+class MediaDownloader:
+    """Long-lived (one per app): holds the connection pool to Twilio across webhooks."""
+
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        allowlist: frozenset[str],
+        max_bytes: int,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        retry_delays_s: Iterable[float],
+    ) -> None:
+        self._auth = (account_sid, auth_token)
+        self._allowlist = allowlist
+        self._max_bytes = max_bytes
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._retry_delays_s = tuple(retry_delays_s)
+        self._session = _AllowlistedSession(allowlist)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def fetch(self, url: str, budget: Budget) -> Downloaded:
+        """The whole body, or DownloadError saying why not.
+
+        A 404 is retried after each of the configured pauses (1 s, then 3 s by default) while the budget
+        allows: WhatsApp media can 404 for a moment right after the webhook arrives. Other failures are
+        final; Twilio itself does not resend a webhook we answered.
+        """
+        check_url(url, self._allowlist)
+        delays = iter(self._retry_delays_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._fetch_once(url, budget, attempt)
+            except DownloadError as error:
+                if error.failure is not Failure.NOT_FOUND:
+                    raise
+                delay = next(delays, None)
+                # Only pause if a retry would still have time to run after the pause.
+                if delay is None or budget.remaining() <= delay + 0.5:
+                    raise
+                logger.info("media not there yet, retrying", extra={"attempt": attempt, "retry_in_s": delay})
+                time.sleep(delay)
+
+    def _fetch_once(self, url: str, budget: Budget, attempt: int) -> Downloaded:
+        if budget.expired():
+            raise DownloadError(Failure.TIMEOUT, "no time left in the webhook budget")
+        timeout = (budget.cap(self._connect_timeout_s), budget.cap(self._read_timeout_s))
+        try:
+            with self._session.get(
+                url,
+                auth=self._auth,
+                stream=True,
+                timeout=timeout,
+                # Identity: the size cap must count the bytes we hold, not a compressed transfer size.
+                headers={"Accept-Encoding": "identity"},
+            ) as response:
+                self._check_status(response)
+                body = self._read_capped(response, budget)
+                content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+                return Downloaded(data=body, content_type=content_type, attempts=attempt)
+        except requests.Timeout as error:
+            raise DownloadError(Failure.TIMEOUT, f"no answer in time ({type(error).__name__})") from None
+        except requests.TooManyRedirects:
+            raise DownloadError(Failure.HTTP_ERROR, f"more than {_MAX_REDIRECTS} redirects") from None
+        except requests.ConnectionError as error:
+            if _is_read_timeout(error):
+                raise DownloadError(Failure.TIMEOUT, "the download stalled") from None
+            raise DownloadError(Failure.CONNECTION, f"connection failed ({type(error).__name__})") from None
+        except requests.RequestException as error:
+            raise DownloadError(Failure.CONNECTION, f"request failed ({type(error).__name__})") from None
+
+    def _check_status(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status == 200:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise DownloadError(Failure.TOO_LARGE, f"Content-Length {declared} is over {self._max_bytes}")
+            return
+        if status == 404:
+            raise DownloadError(Failure.NOT_FOUND, "404 from the media host")
+        if status in (401, 403):
+            raise DownloadError(Failure.REFUSED, f"{status}: the media host refused our credentials")
+        if status >= 500:
+            raise DownloadError(Failure.SERVER_ERROR, f"{status} from the media host")
+        raise DownloadError(Failure.HTTP_ERROR, f"unexpected status {status}")
+
+    def _read_capped(self, response: requests.Response, budget: Budget) -> bytes:
+        body = bytearray()
+        raw = response.raw
+        try:
+            while True:
+                if budget.expired():
+                    raise DownloadError(Failure.TIMEOUT, "the download did not finish within the webhook budget")
+                # The read timeout given to requests is fixed when the request starts; narrow it on the socket as
+                # the budget runs down, so one last stalled read cannot carry the webhook past its budget.
+                sock = getattr(raw.connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(max(0.01, budget.cap(self._read_timeout_s)))
+                # read1 returns what has arrived (up to the chunk size) instead of waiting for a full chunk,
+                # so a server trickling bytes is noticed at the budget, not after a whole chunk.
+                chunk = raw.read1(_CHUNK_BYTES)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise DownloadError(Failure.TOO_LARGE, f"body passed {self._max_bytes} bytes")
+        except urllib3.exceptions.ReadTimeoutError:
+            raise DownloadError(Failure.TIMEOUT, "the download stalled") from None
+        except urllib3.exceptions.HTTPError as error:
+            raise DownloadError(Failure.CONNECTION, f"the download broke off ({type(error).__name__})") from None
+
+
+def _is_read_timeout(error: requests.ConnectionError) -> bool:
+    cause = error.args[0] if error.args else None
+    return isinstance(cause, urllib3.exceptions.ReadTimeoutError) or "Read timed out" in str(cause)

@@ -1,0 +1,50 @@
+"""GET /healthz (the process answers) and GET /readyz (the services it needs answer too).
+
+Readiness asks each gRPC service's standard health service about its own service name, with a short
+deadline, so a load balancer stops sending webhooks while the audio or vision service is down instead
+of every user hearing "couldn't process it right now".
+"""
+
+from __future__ import annotations
+
+import grpc
+from flask import Blueprint, Response, current_app, jsonify
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.services import Services
+from mediabot.v1 import audio_pb2, vision_pb2
+
+bp = Blueprint("health", __name__)
+
+AUDIO_SERVICE = audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
+VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="alive")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    services: Services = current_app.extensions["mediabot"]
+    timeout = services.settings.health_check_timeout_s
+    dependencies = {
+        "audio": _check(services.audio_channel, AUDIO_SERVICE, timeout),
+        "vision": _check(services.vision_channel, VISION_SERVICE, timeout),
+    }
+    ready = all(status == "SERVING" for status in dependencies.values())
+    body = {"status": "ready" if ready else "not ready", "dependencies": dependencies}
+    return jsonify(body), 200 if ready else 503
+
+
+def _check(channel: grpc.Channel, service: str, timeout: float) -> str:
+    """"SERVING", another health status name, or the gRPC error code that stopped the check."""
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    except grpc.RpcError as error:
+        code = error.code() if isinstance(error, grpc.Call) else None
+        return code.name if code is not None else "ERROR"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -1,0 +1,56 @@
+"""Who sent a message, as the one id every stored key is filed under.
+
+The id becomes a directory (and later an S3 prefix), so it is the line between one user's media and
+everyone else's: only ids that are plainly valid get through, and everything else is refused rather
+than cleaned up. All id schemes live in this module: WhatsApp is moving from phone numbers to
+business-scoped user ids, and adding one should mean adding a branch here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# E.164 numbers have at most 15 digits; real WhatsApp numbers have well over 6 (country code + subscriber).
+_PHONE_DIGITS = re.compile(r"[0-9]{6,15}")
+_WHATSAPP_PREFIX = "whatsapp:"
+
+
+class InvalidSender(ValueError):
+    """The webhook names no sender id we can safely file media under."""
+
+
+def sender_id(form: Mapping[str, str]) -> str:
+    """The sender's WhatsApp id (digits only), from ``WaId`` or else ``From``.
+
+    Never ``AccountSid``: that is our own Twilio account, identical for every user. When ``WaId`` is
+    present it is the authority and is not second-guessed from ``From``; an invalid ``WaId`` is refused
+    instead of falling back, so a malformed field can never steer which prefix is used.
+    """
+    wa_id = (form.get("WaId") or "").strip()
+    if wa_id:
+        return _phone_digits(wa_id, "WaId")
+    sender = (form.get("From") or "").strip()
+    if not sender:
+        raise InvalidSender("the webhook has neither WaId nor From")
+    if sender.startswith(_WHATSAPP_PREFIX):
+        sender = sender[len(_WHATSAPP_PREFIX):]
+    # Business-scoped user ids (no phone number) would be recognised here, before the phone-number rule.
+    if sender.startswith("+"):
+        sender = sender[1:]
+    return _phone_digits(sender, "From")
+
+
+def _phone_digits(value: str, field: str) -> str:
+    # fullmatch on an ASCII class: str.isdigit() would also accept other scripts' digits and superscripts.
+    if not _PHONE_DIGITS.fullmatch(value):
+        raise InvalidSender(f"{field} is not a plausible WhatsApp number ({len(value)} characters)")
+    return value
+
+
+def mask_phone(value: str) -> str:
+    """Hide all but the last 4 digits, so logs can still tell two users apart without holding their numbers."""
+    digits = re.sub(r"[^0-9]", "", value)
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    return "*" * (len(digits) - 4) + digits[-4:]

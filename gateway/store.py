@@ -1,0 +1,308 @@
+"""Where kept media goes: a small Store interface and its filesystem implementation.
+
+Key layout (the same later in MinIO):
+    whatsapp/{sender_id}/audio/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.wav
+    whatsapp/{sender_id}/images/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.{jpg|png|webp}
+each with its metadata beside it (a ``{key}.json`` sidecar here). The time in the key is when the webhook
+arrived, so a redelivered webhook would compute a different key: identity is (sender, kind, MessageSid,
+index) — a ``MediaRef`` — and the Store, not the key, is what makes a second delivery a no-op.
+
+The interface is kept to what S3 can do cheaply (put, get, list by prefix, one small pointer object per
+ref, written with a conditional put), so the MinIO store can implement it without a database.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+AUDIO = "audio"
+IMAGES = "images"
+
+# Stored content type -> file extension, per kind. Audio is always the service's WAV; photos keep their format.
+EXTENSIONS: dict[str, dict[str, str]] = {
+    AUDIO: {"audio/wav": "wav"},
+    IMAGES: {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"},
+}
+
+# Path segments that can never climb, hide or collide: no dots, no separators, bounded length.
+_SEGMENT = r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}"
+_MESSAGE_SID = r"(?:SM|MM)[0-9a-fA-F]{32}"
+_KEY = re.compile(
+    rf"whatsapp/(?P<sender>{_SEGMENT})/(?P<kind>audio|images)/"
+    rf"(?P<ts>[0-9]{{8}}T[0-9]{{6}}Z)_(?P<sid>{_MESSAGE_SID})_(?P<index>[0-9])\.(?P<ext>wav|jpg|png|webp)"
+)
+
+
+class InvalidKey(ValueError):
+    """A key or ref component that could escape its prefix; never reaches the filesystem."""
+
+
+class StoreBusy(OSError):
+    """Another delivery of the same media held the lock for longer than we may wait."""
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """The identity of one media item: what makes a replayed webhook land on the object already stored."""
+
+    sender_id: str
+    kind: str  # AUDIO or IMAGES
+    message_sid: str
+    index: int
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(_SEGMENT, self.sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        if self.kind not in EXTENSIONS:
+            raise InvalidKey(f"unknown kind {self.kind!r}")
+        if not re.fullmatch(_MESSAGE_SID, self.message_sid):
+            raise InvalidKey("MessageSid is not a Twilio message SID")
+        if not 0 <= self.index <= 9:
+            raise InvalidKey(f"media index {self.index} is out of 0..9")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    content_type: str
+    size: int
+    # The whole sidecar: the caller's metadata plus key, content_type, size, sha256 and stored_at.
+    metadata: Mapping[str, object]
+
+
+class Store(Protocol):
+    def put(
+        self,
+        ref: MediaRef,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, object],
+        received_at: datetime,
+    ) -> tuple[StoredObject, bool]:
+        """Store ``data`` for ``ref`` unless it is already stored; returns (the object, whether it was created)."""
+        ...
+
+    def find(self, ref: MediaRef) -> StoredObject | None:
+        """The complete object stored for ``ref``, if any."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The stored bytes; KeyError if there is no complete object under ``key``."""
+        ...
+
+    def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
+        """A sender's complete objects (of one kind, or all), newest first."""
+        ...
+
+
+def media_key(ref: MediaRef, received_at: datetime, content_type: str) -> str:
+    """The storage key for ``ref``; ``received_at`` must be timezone-aware (it is written as UTC)."""
+    if received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    try:
+        ext = EXTENSIONS[ref.kind][content_type]
+    except KeyError:
+        raise InvalidKey(f"{content_type!r} is not stored as {ref.kind}") from None
+    stamp = received_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"whatsapp/{ref.sender_id}/{ref.kind}/{stamp}_{ref.message_sid}_{ref.index}.{ext}"
+
+
+class FilesystemStore:
+    """Files under ``root``, written so that a reader sees either nothing or a whole object.
+
+    Atomicity: the data and its sidecar are each written to a temp file in the destination directory and
+    moved into place with ``os.replace`` (atomic within one filesystem). The data goes first and the
+    sidecar last, and an object counts as present only when its sidecar exists, so the sidecar is the
+    commit marker: a reader never sees metadata for missing or half-written bytes, and a crash between
+    the two leaves bytes without a sidecar, which every read ignores and the next put cleans up.
+
+    Idempotency: each ref has a small pointer file ``.{MessageSid}_{index}.ref`` beside the objects,
+    holding the key it was stored under. ``put`` takes an exclusive ``flock`` on it for the whole write,
+    so two concurrent deliveries of the same webhook (even from different gunicorn workers) serialise:
+    the second finds the first's complete object and returns it instead of writing another. ``flock``
+    rather than an O_EXCL claim file because the kernel drops the lock when its holder dies, so a crash
+    mid-write cannot leave a claim that blocks the media forever. (On S3 the same role is played by a
+    conditional put, If-None-Match: *, of the pointer object.)
+
+    Containment: keys are matched against a strict pattern (no dots, no separators inside segments) and
+    the resolved path must stay under the resolved root, so nothing is written outside ``root``.
+    """
+
+    def __init__(self, root: Path | str, *, lock_timeout_s: float = 10.0) -> None:
+        self._root = Path(root).resolve()
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._lock_timeout_s = lock_timeout_s
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def put(
+        self,
+        ref: MediaRef,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, object],
+        received_at: datetime,
+    ) -> tuple[StoredObject, bool]:
+        key = media_key(ref, received_at, content_type)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._ref_path(ref), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            self._lock(fd)
+            previous = _read_fd(fd)
+            if previous:
+                existing = self._load(previous)
+                if existing is not None:
+                    return existing, False
+                self._discard(previous)  # bytes left by a writer that died before its sidecar
+            # Record the intent first, so a crash from here on leaves a findable (and cleanable) orphan.
+            _rewrite_fd(fd, key)
+            _write_atomically(path, data)
+            sidecar = {
+                **metadata,
+                "key": key,
+                "content_type": content_type,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "stored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            _write_atomically(_sidecar(path), json.dumps(sidecar, indent=2, ensure_ascii=False).encode())
+            _fsync_dir(path.parent)
+            return StoredObject(key=key, content_type=content_type, size=len(data), metadata=sidecar), True
+        finally:
+            os.close(fd)  # also releases the flock
+
+    def find(self, ref: MediaRef) -> StoredObject | None:
+        try:
+            key = self._ref_path(ref).read_text(encoding="ascii").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        # A ref being rewritten right now can read as partial: that is simply "not stored (yet)".
+        return self._load(key) if _KEY.fullmatch(key) else None
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not _sidecar(path).is_file():
+            raise KeyError(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
+        if not re.fullmatch(_SEGMENT, sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        kinds = [kind] if kind is not None else sorted(EXTENSIONS)
+        found: list[StoredObject] = []
+        for one_kind in kinds:
+            if one_kind not in EXTENSIONS:
+                raise InvalidKey(f"unknown kind {one_kind!r}")
+            prefix = f"whatsapp/{sender_id}/{one_kind}"
+            directory = self._path_under_root(prefix)
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                candidate = f"{prefix}/{entry.name}"
+                if _KEY.fullmatch(candidate):
+                    stored = self._load(candidate)
+                    if stored is not None:
+                        found.append(stored)
+        # File names start with the UTC timestamp, then MessageSid and index: sorting them sorts by time.
+        found.sort(key=lambda obj: obj.key.rsplit("/", 1)[1], reverse=True)
+        return found
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _ref_path(self, ref: MediaRef) -> Path:
+        return self._path_under_root(f"whatsapp/{ref.sender_id}/{ref.kind}") / f".{ref.message_sid}_{ref.index}.ref"
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.fullmatch(key):
+            raise InvalidKey("not a media key")
+        return self._path_under_root(key)
+
+    def _path_under_root(self, relative: str) -> Path:
+        path = (self._root / relative).resolve()
+        if not path.is_relative_to(self._root):
+            raise InvalidKey("path leaves MEDIA_ROOT")
+        return path
+
+    def _load(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            sidecar = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+            size = path.stat().st_size
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return StoredObject(key=key, content_type=str(sidecar.get("content_type", "")), size=size, metadata=sidecar)
+
+    def _discard(self, key: str) -> None:
+        if _KEY.fullmatch(key):
+            path = self._path(key)
+            for leftover in (_sidecar(path), path):
+                leftover.unlink(missing_ok=True)
+
+    def _lock(self, fd: int) -> None:
+        # Polling with LOCK_NB rather than a blocking flock: a holder stuck on a hung disk must not hang us.
+        deadline = time.monotonic() + self._lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(errno.EWOULDBLOCK, "another delivery of this media is still being stored") from None
+                time.sleep(0.01)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _read_fd(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 4096).decode("ascii", errors="replace").strip()
+
+
+def _rewrite_fd(fd: int, text: str) -> None:
+    # In place, not temp + rename: the lock lives on this inode, and replacing it would hand a waiting
+    # writer a different, unlocked file.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode("ascii"), 0)
+    os.fsync(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
