@@ -84,6 +84,9 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             )
         except AudioError as exc:
             code = status_for(exc)
+            if code is grpc.StatusCode.CANCELLED and _deadline_passed(context):
+                # gRPC ends the RPC (which sets ``cancelled``) when its deadline passes; name the real cause.
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
             fields.update(outcome=code.name, reason=str(exc), elapsed_ms=_elapsed_ms(started))
             level = logging.ERROR if code is grpc.StatusCode.UNAVAILABLE else logging.WARNING
             logger.log(level, "audio conversion refused", extra=fields)
@@ -111,6 +114,12 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             source_format=result.source_format,
             source_codec=result.source_codec,
         )
+
+
+def _deadline_passed(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    # A few ms of slack: gRPC's deadline timer and this clock reading are not the same instant.
+    return remaining is not None and remaining < 0.01
 
 
 def _elapsed_ms(started: float) -> float:

@@ -1,0 +1,80 @@
+"""The conversion module on its own: the limits enforced while decoding, and the Ogg framing check."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from audio_service import limits
+from audio_service.convert import (
+    AudioConverter,
+    AudioTooLong,
+    ConversionCancelled,
+    DeadlineExceeded,
+    ogg_is_complete,
+)
+from tests.audio_service.helpers import my_ffmpeg_children, wait_until
+from tests.fixtures.audio import make_silence_flac
+
+
+def test_duration_cap_stops_decoding_early(tmp_path: Path) -> None:
+    """Two hours of audio against a 5-second cap: decoding stops just past the cap, not at the end."""
+    converter = AudioConverter(max_duration_s=5, tmp_dir=str(tmp_path))
+    with pytest.raises(AudioTooLong) as info:
+        converter.convert(make_silence_flac(tmp_path, 2 * 3600).read_bytes())
+    assert 5 < info.value.decoded_s <= 6.5
+    assert "5-second" in str(info.value)
+
+
+def test_exactly_at_the_cap_is_accepted(tmp_path: Path) -> None:
+    converter = AudioConverter(max_duration_s=5, tmp_dir=str(tmp_path))
+    assert converter.convert(make_silence_flac(tmp_path, 5).read_bytes()).duration_ms == 5000
+
+
+def test_deadline_kills_ffmpeg(tmp_path: Path) -> None:
+    converter = AudioConverter(tmp_dir=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    bomb = make_silence_flac(tmp_path, 2 * 3600).read_bytes()
+    with pytest.raises(DeadlineExceeded):
+        converter.convert(bomb, deadline=time.monotonic() + 0.05)
+    assert my_ffmpeg_children() == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_cancellation_kills_ffmpeg(tmp_path: Path) -> None:
+    converter = AudioConverter()
+    bomb = make_silence_flac(tmp_path, 2 * 3600).read_bytes()
+    cancelled = threading.Event()
+    watcher = threading.Thread(target=lambda: wait_until(lambda: bool(my_ffmpeg_children())) and cancelled.set())
+    watcher.start()
+    with pytest.raises(ConversionCancelled):
+        converter.convert(bomb, cancelled=cancelled)
+    watcher.join()
+    assert my_ffmpeg_children() == []
+
+
+def ogg_page(payload: bytes, flags: int = 0) -> bytes:
+    segments = [255] * (len(payload) // 255) + [len(payload) % 255]
+    return b"OggS" + bytes([0, flags]) + bytes(20) + bytes([len(segments)]) + bytes(segments) + payload
+
+
+def test_ogg_framing_check() -> None:
+    whole = ogg_page(b"head", flags=0x02) + ogg_page(b"x" * 600) + ogg_page(b"end", flags=0x04)
+    assert ogg_is_complete(whole)
+    assert not ogg_is_complete(whole[:-1])  # last page cut short
+    assert not ogg_is_complete(whole[: whole.rindex(b"OggS")])  # whole pages, but no end-of-stream page
+    assert not ogg_is_complete(whole + b"junk")
+    assert not ogg_is_complete(whole[:20])
+
+
+def test_limits_match_the_documented_sizes() -> None:
+    assert limits.wav_bytes(900, 16000, 1) == 44 + 28_800_000
+    assert limits.MAX_REQUEST_BYTES == 16 * 1024 * 1024 + limits.MESSAGE_OVERHEAD_BYTES
+    assert limits.MAX_RESPONSE_BYTES == limits.wav_bytes(901, 16000, 1) + limits.MESSAGE_OVERHEAD_BYTES
+    assert dict(limits.client_channel_options()) == {
+        "grpc.max_send_message_length": limits.MAX_REQUEST_BYTES,
+        "grpc.max_receive_message_length": limits.MAX_RESPONSE_BYTES,
+    }
