@@ -6,8 +6,9 @@ Tests: ``create_app({"MEDIA_ROOT": ..., "TWILIO_AUTH_TOKEN": ...})``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
 import os
+from collections.abc import Mapping
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -37,7 +38,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         settings = Settings.from_env(env)
     except ConfigError as error:
         raise SystemExit(f"gateway: bad configuration: {error}") from None
-    configure_logging("gateway", settings.log_level)
+    # JSON lines on stdout, unless the host process already set logging up (pytest's capture, or
+    # gunicorn --log-config): replacing its handlers would silently drop its records.
+    if not logging.getLogger().handlers:
+        configure_logging("gateway", settings.log_level)
     settings.log_development_warning()
 
     app = Flask(__name__)

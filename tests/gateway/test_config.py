@@ -1,0 +1,102 @@
+"""Settings.from_env: the defaults, development mode, and readable refusals of bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import create_app
+from gateway.config import DEFAULT_MEDIA_HOSTS, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, ConfigError, Settings
+
+REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(REAL)
+    assert s.public_base_url == "http://127.0.0.1:8080"
+    assert s.gateway_port == 8080
+    assert not s.trust_proxy
+    assert not s.dev_credentials
+    assert s.media_host_allowlist == frozenset(DEFAULT_MEDIA_HOSTS)
+    assert s.audio_service_addr == "127.0.0.1:50051"
+    assert s.vision_service_addr == "127.0.0.1:50052"
+    assert s.storage == "filesystem"
+    assert s.media_root == Path("./data/media")
+    assert s.max_media_bytes == 16 * 1024 * 1024
+    assert s.media_404_retry_delays_s == (1.0, 3.0)
+    assert s.log_level == "INFO"
+
+
+def test_the_default_budget_leaves_room_inside_twilios_15_seconds() -> None:
+    s = Settings.from_env(REAL)
+    # The budget caps every download, retry pause and RPC; replying after it takes milliseconds.
+    assert s.webhook_budget_s <= 12
+    assert sum(s.media_404_retry_delays_s) + s.audio_rpc_timeout_s < s.webhook_budget_s
+
+
+def test_development_credentials_when_none_are_set() -> None:
+    s = Settings.from_env({})
+    assert s.dev_credentials
+    assert (s.twilio_account_sid, s.twilio_auth_token) == (DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
+    assert {"127.0.0.1", "localhost"} <= s.media_host_allowlist
+    assert "127.0.0.1" not in Settings.from_env(REAL).media_host_allowlist
+
+
+def test_development_credentials_are_announced_loudly(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    app = create_app({"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": "", "MEDIA_ROOT": tmp_path})
+    try:
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "DEVELOPMENT" in r.getMessage()]
+        assert warnings and "127.0.0.1" in warnings[0].getMessage()
+    finally:
+        app.extensions["mediabot"].close()
+
+
+def test_gateway_port_moves_the_default_public_url() -> None:
+    s = Settings.from_env({**REAL, "GATEWAY_PORT": "9000"})
+    assert (s.gateway_port, s.public_base_url) == (9000, "http://127.0.0.1:9000")
+
+
+def test_values_are_read() -> None:
+    s = Settings.from_env({
+        **REAL, "PUBLIC_BASE_URL": "https://abc.ngrok.app/", "TRUST_PROXY": "1",
+        "MEDIA_HOST_ALLOWLIST": "api.twilio.com, Media.Example.com", "MEDIA_404_RETRY_DELAYS_S": "0.5,1,2",
+        "MAX_MEDIA_BYTES": "1000", "LOG_LEVEL": "debug",
+    })
+    assert s.public_base_url == "https://abc.ngrok.app"
+    assert s.trust_proxy
+    assert s.media_host_allowlist == frozenset({"api.twilio.com", "media.example.com"})
+    assert s.media_404_retry_delays_s == (0.5, 1.0, 2.0)
+    assert s.max_media_bytes == 1000
+    assert s.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16}, "TWILIO_AUTH_TOKEN"),
+        ({**REAL, "TWILIO_ACCOUNT_SID": "not-a-sid"}, "TWILIO_ACCOUNT_SID"),
+        ({**REAL, "STORAGE": "minio"}, "STORAGE"),
+        ({**REAL, "STORAGE": "s3"}, "STORAGE"),
+        ({**REAL, "PUBLIC_BASE_URL": "abc.ngrok.app"}, "PUBLIC_BASE_URL"),
+        ({**REAL, "PUBLIC_BASE_URL": "https://abc.ngrok.app/whatsapp"}, "PUBLIC_BASE_URL"),
+        ({**REAL, "TRUST_PROXY": "maybe"}, "TRUST_PROXY"),
+        ({**REAL, "MAX_MEDIA_BYTES": "16MB"}, "MAX_MEDIA_BYTES"),
+        ({**REAL, "MAX_MEDIA_BYTES": "0"}, "MAX_MEDIA_BYTES"),
+        ({**REAL, "GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({**REAL, "DOWNLOAD_READ_TIMEOUT_S": "-1"}, "DOWNLOAD_READ_TIMEOUT_S"),
+        ({**REAL, "MEDIA_404_RETRY_DELAYS_S": "1,soon"}, "MEDIA_404_RETRY_DELAYS_S"),
+        ({**REAL, "WEBHOOK_BUDGET_S": "20"}, "WEBHOOK_BUDGET_S"),
+        ({**REAL, "MEDIA_HOST_ALLOWLIST": "https://api.twilio.com/x"}, "MEDIA_HOST_ALLOWLIST"),
+        ({**REAL, "MEDIA_HOST_ALLOWLIST": " , "}, "MEDIA_HOST_ALLOWLIST"),
+        ({**REAL, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        Settings.from_env(env)
+
+
+def test_create_app_exits_with_the_message_on_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="STORAGE"):
+        create_app({"STORAGE": "minio", "MEDIA_ROOT": tmp_path})
