@@ -13,6 +13,11 @@ import numpy as np
 from PIL import Image
 
 
+# float32 coordinates are off by ~1e-7 relative (0.2f * 1200 = 240.0000036); without this slack, floor/ceil
+# would widen an exact box by a pixel.
+_FLOAT32_SLACK = 1e-3
+
+
 @dataclass(frozen=True)
 class Face:
     """A box in pixels of the upright photo, right/bottom exclusive, as in the BoundingBox message."""
@@ -61,10 +66,10 @@ def postprocess(
     for confidence, x_min, y_min, x_max, y_max in rows.tolist():
         if not confidence >= min_confidence:  # also drops NaN
             continue
-        left = min(max(math.floor(x_min * to_pixels), 0), width)
-        top = min(max(math.floor(y_min * to_pixels), 0), height)
-        right = min(max(math.ceil(x_max * to_pixels), 0), width)
-        bottom = min(max(math.ceil(y_max * to_pixels), 0), height)
+        left = min(max(math.floor(x_min * to_pixels + _FLOAT32_SLACK), 0), width)
+        top = min(max(math.floor(y_min * to_pixels + _FLOAT32_SLACK), 0), height)
+        right = min(max(math.ceil(x_max * to_pixels - _FLOAT32_SLACK), 0), width)
+        bottom = min(max(math.ceil(y_max * to_pixels - _FLOAT32_SLACK), 0), height)
         if right <= left or bottom <= top:
             continue
         faces.append(Face(left, top, right, bottom, float(confidence)))

@@ -10,14 +10,23 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import (  # Registering exactly the accepted formats' plugins (Image.open(formats=...) needs them loaded).
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+)
 
 from vision_service.errors import ImageTooLarge, InvalidImage
 
-# What WhatsApp delivers (JPEG, PNG, WebP stickers; MPO is how Pillow names the multi-picture JPEGs that
-# many phones write) plus two harmless classics. Everything else Pillow can open is refused on purpose:
-# e.g. EPS would run Ghostscript, and every extra decoder is extra attack surface for untrusted bytes.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP")
+# What WhatsApp delivers (JPEG, PNG, WebP stickers) plus two harmless classics. The JPEG opener also yields
+# "MPO", Pillow's name for the multi-picture JPEGs many phones write. Everything else Pillow can open is
+# refused on purpose: e.g. EPS would run Ghostscript, and every decoder is attack surface for untrusted bytes.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
 
 # Transparent pixels are shown on white, the way most viewers display a cut-out or a sticker; the RGB under
 # alpha=0 is often undefined garbage that the detector should not see.

@@ -1,0 +1,97 @@
+"""Test images made with Pillow from the photo set: every mode, EXIF rotations, broken files and bombs."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from tests.fixtures.photos import face_photo
+
+EXIF_ORIENTATION = 0x0112
+
+
+def face_image() -> Image.Image:
+    with Image.open(io.BytesIO(face_photo())) as image:
+        return image.convert("RGB")
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def in_mode(image: Image.Image, mode: str) -> tuple[bytes, str]:
+    """``image`` re-encoded so that Pillow opens it in ``mode``; returns the bytes and the file format."""
+    if mode == "L":
+        return encode(image.convert("L"), "PNG"), "PNG"
+    if mode == "P":
+        return encode(image.quantize(256), "PNG"), "PNG"
+    if mode == "P-transparent":
+        # A GIF whose palette index 0 is transparent: the decoder must composite, not show index 0's colour.
+        return encode(image.quantize(255), "GIF", transparency=0), "GIF"
+    if mode == "RGBA":
+        rgba = image.convert("RGBA")
+        alpha = np.full((image.height, image.width), 255, np.uint8)
+        alpha[:, : image.width // 6] = 0  # a transparent band at the left, away from the face
+        rgba.putalpha(Image.fromarray(alpha, "L"))
+        return encode(rgba, "PNG"), "PNG"
+    if mode == "LA":
+        return encode(image.convert("LA"), "PNG"), "PNG"
+    if mode == "CMYK":
+        return encode(image.convert("CMYK"), "JPEG", quality=92), "JPEG"
+    if mode == "I;16":
+        wide = np.asarray(image.convert("L")).astype(np.uint16) * 257  # full 16-bit range
+        return encode(Image.fromarray(wide), "PNG"), "PNG"
+    if mode == "WEBP":
+        return encode(image, "WEBP", quality=90), "WEBP"
+    if mode == "progressive":
+        return encode(image, "JPEG", quality=90, progressive=True), "JPEG"
+    if mode == "BMP":
+        return encode(image, "BMP"), "BMP"
+    raise ValueError(mode)
+
+
+# Pillow transpose that *stores* an upright picture so that a viewer applying EXIF ``orientation`` shows it upright.
+_STORE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def exif_rotated_jpeg(image: Image.Image, orientation: int) -> bytes:
+    """The JPEG a phone writes when held sideways: pixels stored rotated, the Orientation tag says how to undo it."""
+    stored = image.transpose(_STORE_FOR_ORIENTATION[orientation])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return encode(stored, "JPEG", quality=92, exif=exif.tobytes())
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(face_image(), "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: ~100 KB on disk, 900 MP once decoded.
+
+    Written chunk by chunk (zlib over one zero row at a time) so making it costs no memory either.
+    """
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
