@@ -83,3 +83,28 @@ def read_weights(path: Path) -> dict[str, list[np.ndarray]]:
     return {
         layer.name: [blob_to_array(blob) for blob in layer.blobs] for layer in read_caffemodel(path).layer if layer.blobs
     }
+
+
+def with_trained_geometry(deploy: caffe_pb2.NetParameter, trained: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """The deploy net with each convolution's kernel/stride/pad/dilation taken from the trained net.
+
+    OpenCV's deploy prototxt pads conv8_2_h and conv9_2_h by 1 where the network was trained with
+    pad 0 (the caffemodel embeds its training net). That keeps those maps at 5x5 instead of 3x3 and
+    1x1, so their priors sit 100 px (conv8_2) and 600 px (conv9_2) away from where the network was
+    trained to predict: large, close-up faces come out shifted or duplicated. This variant fixes
+    that; the deploy one stays the default because it is what OpenCV (the parity reference) runs.
+    """
+    fixed = caffe_pb2.NetParameter()
+    fixed.CopyFrom(deploy)
+    trained_layers = {layer.name: layer for layer in trained.layer}
+    for layer in fixed.layer:
+        reference = trained_layers.get(layer.name)
+        if layer.type != "Convolution" or reference is None or reference.type != "Convolution":
+            continue
+        ours, theirs = layer.convolution_param, reference.convolution_param
+        for field in ("kernel_size", "stride", "pad", "dilation"):
+            del getattr(ours, field)[:]
+            getattr(ours, field).extend(getattr(theirs, field))
+        if ours.num_output != theirs.num_output or ours.bias_term != theirs.bias_term:
+            raise ValueError(f"{layer.name}: deploy and trained nets disagree on the layer's outputs")
+    return fixed
