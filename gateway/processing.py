@@ -83,7 +83,8 @@ class MediaProcessor:
                 "content_type": item.content_type,
                 "outcome": result.outcome,
                 "detail": result.detail,
-                "key": result.key,
+                # The key holds the full number (it is the sender's prefix): log only its file name.
+                "stored_as": result.key.rsplit("/", 1)[-1] if result.key else None,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
@@ -101,7 +102,10 @@ class MediaProcessor:
 
     def _audio_item(self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime) -> ItemResult:
         ref = MediaRef(message.sender_id, AUDIO, message.message_sid, item.index)
-        if (stored := self._store.find(ref)) is not None:
+        stored = self._find(ref, replies.VOICE)
+        if isinstance(stored, ItemResult):
+            return stored
+        if stored is not None:
             return ItemResult(replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")), "already_saved", stored.key)
         downloaded = self._download(item, budget, replies.VOICE)
         if isinstance(downloaded, ItemResult):
@@ -132,7 +136,10 @@ class MediaProcessor:
 
     def _photo_item(self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime) -> ItemResult:
         ref = MediaRef(message.sender_id, IMAGES, message.message_sid, item.index)
-        if (stored := self._store.find(ref)) is not None:
+        stored = self._find(ref, replies.PHOTO)
+        if isinstance(stored, ItemResult):
+            return stored
+        if stored is not None:
             return ItemResult(replies.saved_photo(_faces(stored)), "already_saved", stored.key)
         downloaded = self._download(item, budget, replies.PHOTO)
         if isinstance(downloaded, ItemResult):
@@ -166,6 +173,14 @@ class MediaProcessor:
             ref, downloaded, stored_type, metadata, received_at, replies.PHOTO,
             lambda stored: replies.saved_photo(_faces(stored)),
         )
+
+    def _find(self, ref: MediaRef, what: str) -> StoredObject | ItemResult | None:
+        """The object a previous delivery stored (a replay is answered without downloading again)."""
+        try:
+            return self._store.find(ref)
+        except OSError as error:
+            logger.error("could not read the store", extra={"message_sid": ref.message_sid, "error": str(error)})
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error))
 
     def _download(self, item: MediaItem, budget: Budget, what: str) -> bytes | ItemResult:
         if not item.url:
