@@ -130,7 +130,7 @@ def reply_text(twiml: str) -> str:
 
 
 class _MediaHandler(BaseHTTPRequestHandler):
-    server: _MediaServer
+    server: MediaHost
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self.server.authorized(self.headers.get("Authorization", "")):
@@ -157,7 +157,7 @@ class _MediaHandler(BaseHTTPRequestHandler):
         pass
 
 
-class _MediaServer(ThreadingHTTPServer):
+class MediaHost(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, account_sid: str, auth_token: str) -> None:
@@ -177,9 +177,12 @@ class _MediaServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def _serving(account_sid: str, auth_token: str) -> Iterator[_MediaServer]:
-    server = _MediaServer(account_sid, auth_token)
-    thread = threading.Thread(target=server.serve_forever, name="simulated-twilio-media", daemon=True)
+def serve_media(account_sid: str, auth_token: str) -> Iterator[MediaHost]:
+    """Twilio's media host, played on 127.0.0.1:<free port> for as long as the block runs."""
+    server = MediaHost(account_sid, auth_token)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="simulated-twilio-media", daemon=True
+    )
     thread.start()
     try:
         yield server
@@ -233,7 +236,7 @@ def send(
     ]
     message_sid = message_sid or new_sid("MM" if paths else "SM")
 
-    with _serving(account_sid, auth_token) as media_server:
+    with serve_media(account_sid, auth_token) as media_server:
         media = [media_server.add(account_sid, message_sid, path, ct) for path, ct in zip(paths, declared)]
         form = webhook_form(
             message_sid=message_sid,

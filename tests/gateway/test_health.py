@@ -1,0 +1,49 @@
+"""/healthz and /readyz against real gRPC health services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+from flask import Flask
+
+from audio_service.config import Settings as AudioSettings
+from audio_service.server import create_server
+
+
+@pytest.fixture
+def audio_without_ffmpeg(audio_settings: AudioSettings) -> Iterator[str]:
+    """A real audio service that cannot find ffmpeg, so its health is honestly NOT_SERVING."""
+    server, port = create_server(replace(audio_settings, ffmpeg="/nonexistent/ffmpeg"))
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait()
+
+
+def test_healthz_needs_nothing_else(make_gateway: Callable[..., Flask]) -> None:
+    response = make_gateway().test_client().get("/healthz")  # both services down
+    assert response.status_code == 200
+    assert response.json == {"status": "alive"}
+
+
+def test_readyz_names_the_dependency_that_is_down(gateway_app: Flask) -> None:
+    response = gateway_app.test_client().get("/readyz")  # audio up, vision down
+    assert response.status_code == 503
+    assert response.json == {"status": "not ready", "dependencies": {"audio": "SERVING", "vision": "UNAVAILABLE"}}
+
+
+def test_readyz_with_everything_down(make_gateway: Callable[..., Flask]) -> None:
+    response = make_gateway(HEALTH_CHECK_TIMEOUT_S="0.5").test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["dependencies"] == {"audio": "UNAVAILABLE", "vision": "UNAVAILABLE"}
+
+
+def test_readyz_reports_a_service_that_answers_but_is_not_serving(
+    make_gateway: Callable[..., Flask], audio_without_ffmpeg: str
+) -> None:
+    response = make_gateway(AUDIO_SERVICE_ADDR=audio_without_ffmpeg).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["dependencies"]["audio"] == "NOT_SERVING"
