@@ -100,13 +100,16 @@ class MediaProcessor:
             return self._photo_item(message, item, budget, received_at)
         return ItemResult(replies.unsupported(_describe(content_type)), "unsupported")
 
-    def _audio_item(self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime) -> ItemResult:
+    def _audio_item(
+        self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime
+    ) -> ItemResult:
         ref = MediaRef(message.sender_id, AUDIO, message.message_sid, item.index)
         stored = self._find(ref, replies.VOICE)
         if isinstance(stored, ItemResult):
             return stored
         if stored is not None:
-            return ItemResult(replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")), "already_saved", stored.key)
+            duration_ms = _int(stored.metadata, "audio", "duration_ms")
+            return ItemResult(replies.saved_audio(duration_ms), "already_saved", stored.key)
         downloaded = self._download(item, budget, replies.VOICE)
         if isinstance(downloaded, ItemResult):
             return downloaded
@@ -134,7 +137,9 @@ class MediaProcessor:
             lambda stored: replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")),
         )
 
-    def _photo_item(self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime) -> ItemResult:
+    def _photo_item(
+        self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime
+    ) -> ItemResult:
         ref = MediaRef(message.sender_id, IMAGES, message.message_sid, item.index)
         stored = self._find(ref, replies.PHOTO)
         if isinstance(stored, ItemResult):
@@ -206,7 +211,8 @@ class MediaProcessor:
                 grpc.StatusCode.UNAVAILABLE: "unavailable",
                 grpc.StatusCode.DEADLINE_EXCEEDED: "unavailable",
             }.get(code, "error")
-            return ItemResult(replies.rpc_failed(what, code), outcome, detail=f"{code.name if code else '?'}: {details}")
+            detail = f"{code.name if code else '?'}: {details}"
+            return ItemResult(replies.rpc_failed(what, code), outcome, detail=detail)
 
     def _put(
         self,

@@ -237,12 +237,12 @@ def send(
     message_sid = message_sid or new_sid("MM" if paths else "SM")
 
     with serve_media(account_sid, auth_token) as media_server:
-        media = [media_server.add(account_sid, message_sid, path, ct) for path, ct in zip(paths, declared)]
+        media = [media_server.add(account_sid, message_sid, path, ct) for path, ct in zip(paths, declared, strict=True)]
         form = webhook_form(
             message_sid=message_sid,
             account_sid=account_sid,
             from_number=from_number,
-            media=list(zip(media, declared)),
+            media=list(zip(media, declared, strict=True)),
             profile_name=profile_name,
             body=body,
             to=to,
@@ -265,9 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Send files to the gateway as a WhatsApp message, the way Twilio would, and print the reply.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="media to attach (none: a text message)")
-    parser.add_argument("--from", dest="from_number", default=DEFAULT_FROM, help=f"sender number (default {DEFAULT_FROM})")
+    parser.add_argument("--from", dest="from_number", default=DEFAULT_FROM,
+                        help=f"sender number (default {DEFAULT_FROM})")
     parser.add_argument("--url", default=None, help=f"webhook URL to post to (default {default_url()})")
-    parser.add_argument("--sign-url", default=None, help="URL to sign for, if the gateway knows itself by another (default: --url)")
+    parser.add_argument("--sign-url", default=None,
+                        help="URL to sign for, if the gateway knows itself by another (default: --url)")
     parser.add_argument("--profile-name", default=DEFAULT_PROFILE_NAME, help="the sender's WhatsApp profile name")
     parser.add_argument("--body", default="", help="message text")
     parser.add_argument("--content-type", action="append", default=[], metavar="TYPE",

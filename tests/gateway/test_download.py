@@ -68,7 +68,8 @@ def test_wrong_credentials_are_refused_by_the_host(media_server: MediaServer) ->
 def test_a_host_off_the_allowlist_is_never_contacted(media_server: MediaServer) -> None:
     media_server.add("/m/1", body=BODY)
     # The same server, reached by a name that is not on the list.
-    assert failure(downloader(allow=("127.0.0.1",)), media_server.url("/m/1", host="localhost")) is Failure.DISALLOWED_URL
+    url = media_server.url("/m/1", host="localhost")
+    assert failure(downloader(allow=("127.0.0.1",)), url) is Failure.DISALLOWED_URL
     assert media_server.seen == []
 
 

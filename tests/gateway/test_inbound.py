@@ -12,7 +12,8 @@ MM = "MM" + "0123456789abcdef" * 2
 
 
 def test_reads_every_media_item_in_order() -> None:
-    media = [(f"https://api.twilio.com/m/{n}", ct) for n, ct in enumerate(["audio/ogg", "video/mp4", "image/JPEG; x=1"])]
+    types = ["audio/ogg", "video/mp4", "image/JPEG; x=1"]
+    media = [(f"https://api.twilio.com/m/{n}", ct) for n, ct in enumerate(types)]
     message = parse_webhook(media_form(media, message_sid=MM, ProfileName=" Ana ", Body="hi"))
     assert message.message_sid == MM
     assert message.sender_id == "15551234567"

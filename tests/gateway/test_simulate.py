@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from gateway import simulate
-from gateway.config import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from gateway.config import DEV_ACCOUNT_SID
 from tests.fixtures.gateway import (
     TEST_ACCOUNT_SID,
     TEST_AUTH_TOKEN,
@@ -63,7 +63,8 @@ def test_media_host_wants_the_account_credentials(tmp_path: Path) -> None:
     media.write_bytes(b"OggS-data")
     with simulate.serve_media(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN) as host:
         url = host.add(TEST_ACCOUNT_SID, simulate.new_sid("MM"), media, "audio/ogg")
-        assert re.search(rf"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages/MM[0-9a-f]{{32}}/Media/ME[0-9a-f]{{32}}$", url)
+        path = rf"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages/MM[0-9a-f]{{32}}/Media/ME[0-9a-f]{{32}}"
+        assert re.search(path + "$", url)
 
         def get(user: str, password: str) -> urllib.request.Request:
             request = urllib.request.Request(url)

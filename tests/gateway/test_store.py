@@ -66,7 +66,9 @@ def test_refs_that_could_escape_are_refused(bad: dict[str, object]) -> None:
 
 def test_put_writes_data_and_sidecar(tmp_path: Path) -> None:
     store = FilesystemStore(tmp_path)
-    stored, created = store.put(ref(), b"RIFF....", content_type="audio/wav", metadata={"message_sid": SID}, received_at=WHEN)
+    stored, created = store.put(
+        ref(), b"RIFF....", content_type="audio/wav", metadata={"message_sid": SID}, received_at=WHEN
+    )
     assert created
     path = tmp_path / stored.key
     assert path.read_bytes() == b"RIFF...."
@@ -96,7 +98,8 @@ def test_a_replay_with_a_later_time_finds_the_first_object(tmp_path: Path) -> No
 
 def test_other_indexes_kinds_and_messages_are_separate_objects(tmp_path: Path) -> None:
     store = FilesystemStore(tmp_path)
-    for r, ct in [(ref(), "audio/wav"), (ref(index=1), "audio/wav"), (ref(IMAGES), "image/png"), (ref(sid=SID2), "audio/wav")]:
+    refs = [(ref(), "audio/wav"), (ref(index=1), "audio/wav"), (ref(IMAGES), "image/png"), (ref(sid=SID2), "audio/wav")]
+    for r, ct in refs:
         assert store.put(r, b"x", content_type=ct, metadata={}, received_at=WHEN)[1]
     assert len(store.list("15551234567")) == 4
     assert len(store.list("15551234567", AUDIO)) == 3
@@ -148,7 +151,8 @@ def test_data_without_sidecar_is_invisible_and_replaced(tmp_path: Path) -> None:
     assert store.list("15551234567") == []
     with pytest.raises(KeyError):
         store.get(stored.key)
-    again, created = store.put(ref(), b"second", content_type="audio/wav", metadata={}, received_at=WHEN + timedelta(hours=1))
+    later = WHEN + timedelta(hours=1)
+    again, created = store.put(ref(), b"second", content_type="audio/wav", metadata={}, received_at=later)
     assert created and again.key != stored.key
     assert not path.exists()  # the orphan is gone
     assert store.get(again.key) == b"second"
