@@ -91,13 +91,18 @@ class TritonDetector:
             )
         except InferenceServerException as error:
             raise _domain_error(error) from None
-        rows = result.as_numpy(DETECTIONS_NAME)
-        count = result.as_numpy(COUNT_NAME)
-        if rows is None or count is None:
-            raise DetectorRejected("Triton's answer lacks DETECTIONS or NUM_DETECTIONS")
-        return Detections(
-            rows=rows.reshape(-1, 5), count=int(count.reshape(-1)[0]), model_version=result.get_response().model_version
-        )
+        try:
+            rows = result.as_numpy(DETECTIONS_NAME)
+            count = result.as_numpy(COUNT_NAME)
+            if rows is None or count is None:
+                raise ValueError("DETECTIONS or NUM_DETECTIONS is missing")
+            return Detections(
+                rows=rows.reshape(info.max_detections, 5),
+                count=min(int(count.reshape(-1)[0]), info.max_detections),
+                model_version=result.get_response().model_version,
+            )
+        except (ValueError, IndexError) as error:
+            raise DetectorRejected(f"Triton's answer does not match the model's metadata: {error}") from None
 
     def close(self) -> None:
         self._client.close()
