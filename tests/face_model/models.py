@@ -1,0 +1,54 @@
+"""The torch port built straight from the installed wheel's Caffe files, cached per test session."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from face_model import caffe_pb2
+from face_model.caffemodel import (
+    ReferenceFiles,
+    locate_reference_files,
+    read_caffemodel,
+    read_prototxt,
+    read_weights,
+    with_trained_geometry,
+)
+from face_model.ssd import DEFAULT_MEAN_BGR, FaceSSD
+
+
+@functools.cache
+def reference_files() -> ReferenceFiles:
+    return locate_reference_files()
+
+
+@functools.cache
+def _weights() -> dict[str, list[np.ndarray]]:
+    return read_weights(reference_files().caffemodel)
+
+
+def net(variant: str = "deploy") -> caffe_pb2.NetParameter:
+    deploy = read_prototxt(reference_files().prototxt)
+    if variant == "deploy":
+        return deploy
+    if variant == "trained":
+        return with_trained_geometry(deploy, read_caffemodel(reference_files().caffemodel))
+    raise ValueError(variant)
+
+
+@functools.cache
+def face_ssd(
+    canvas: int | tuple[int, int] = 300, variant: str = "deploy", mean_bgr: tuple[float, float, float] = DEFAULT_MEAN_BGR
+) -> FaceSSD:
+    model = FaceSSD(net(variant), canvas_size=canvas, mean_bgr=mean_bgr)
+    model.load_caffe_weights(_weights())
+    return model.eval().requires_grad_(False)
+
+
+def detect(model: FaceSSD, canvases: list[np.ndarray]) -> list[np.ndarray]:
+    """Runs the model on RGB uint8 canvases; returns each image's real detection rows as a numpy array."""
+    with torch.inference_mode():
+        detections, counts = model(torch.from_numpy(np.stack(canvases)))
+    return [detections[i, : int(counts[i])].numpy() for i in range(len(canvases))]
