@@ -77,7 +77,7 @@ def twilio_signature_required(view: F) -> F:
         reason = checker.rejection(request)
         if reason is not None:
             logger.warning(
-                "webhook refused: bad signature",
+                "signature rejected",
                 extra={"reason": reason, "path": request.path, "remote_addr": request.remote_addr},
             )
             return Response("Invalid Twilio signature.\n", status=403, mimetype="text/plain")
