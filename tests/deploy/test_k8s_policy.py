@@ -1,0 +1,322 @@
+"""Policies over the rendered manifests: resources, probes, hardening, pinned images, secrets, and wiring.
+
+Every check runs on each overlay as Kustomize renders it, so a patch in an overlay cannot undo a policy
+unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.deploy import tools
+from tests.deploy.conftest import OVERLAYS, TARGETS
+from tests.deploy.k8s_objects import (
+    all_containers,
+    container_ports,
+    containers,
+    of_kind,
+    one,
+    pod_spec,
+    resolved_env,
+    selected_workloads,
+    service_target,
+    split_address,
+    workloads,
+)
+
+Docs = dict[str, list[dict[str, Any]]]
+
+# The workloads built from this repository, and their gRPC ports (probed with grpc.health.v1).
+OWN_IMAGES = {"gateway": "mediabot/gateway", "audio": "mediabot/audio", "vision": "mediabot/vision", "triton": "mediabot/triton"}
+GRPC_SERVICES = {"audio": 50051, "vision": 50052}
+# ConfigMap keys that are addresses, and the workload that dials each.
+ADDRESSES = {"AUDIO_SERVICE_ADDR": "gateway", "VISION_SERVICE_ADDR": "gateway", "MINIO_ENDPOINT": "gateway", "TRITON_URL": "vision"}
+
+
+def _quantity(value: str | int) -> float:
+    """CPU or memory quantity as a number (cores or bytes), enough to compare requests with limits."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def _pyproject_version() -> str:
+    text = (tools.REPO / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_has_requests_and_limits(rendered: Docs, target: str) -> None:
+    for workload, container in all_containers(rendered[target]):
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        resources = container.get("resources", {})
+        for resource in ("cpu", "memory"):
+            request = resources.get("requests", {}).get(resource)
+            limit = resources.get("limits", {}).get(resource)
+            assert request is not None and limit is not None, f"{where}: {resource} request and limit required"
+            assert _quantity(request) <= _quantity(limit), f"{where}: {resource} request above its limit"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_has_liveness_and_readiness_probes_on_its_own_ports(rendered: Docs, target: str) -> None:
+    for workload, container in all_containers(rendered[target]):
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        ports = set(container_ports(workload).values())
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind)
+            if probe is None:
+                assert kind == "startupProbe", f"{where}: no {kind}"
+                continue
+            handler = next(key for key in ("httpGet", "grpc", "tcpSocket", "exec") if key in probe)
+            assert handler != "exec", f"{where}: {kind} should probe the port, not exec into the container"
+            assert probe[handler]["port"] in ports, f"{where}: {kind} probes port {probe[handler]['port']}, not one of {ports}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_grpc_services_are_ready_by_grpc_health(rendered: Docs, target: str) -> None:
+    for name, port in GRPC_SERVICES.items():
+        container = containers(one(rendered[target], "Deployment", name))[0]
+        assert container["readinessProbe"]["grpc"]["port"] == port
+        assert {p["containerPort"] for p in container["ports"]} == {port}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pods_run_hardened(rendered: Docs, target: str) -> None:
+    """The Pod Security "restricted" profile the namespace enforces, plus a read-only root filesystem."""
+    for workload in workloads(rendered[target]):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True, name
+        assert isinstance(pod.get("runAsUser"), int) and pod["runAsUser"] > 0, name
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert spec.get("automountServiceAccountToken") is False, f"{name}: no workload here talks to the API server"
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for volume in spec.get("volumes", []):
+            assert set(volume) - {"name"} <= {"emptyDir", "configMap", "secret", "persistentVolumeClaim", "projected"}, f"{name}: {volume}"
+        for container in containers(workload):
+            context = container.get("securityContext", {})
+            where = f"{name}/{container['name']}"
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("capabilities", {}).get("add"), where
+            assert context.get("privileged") in (None, False), where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("runAsUser", pod["runAsUser"]) != 0, where
+
+
+def test_namespace_enforces_restricted_pod_security(rendered: Docs) -> None:
+    labels = one(rendered["overlays/gpu"], "Namespace", "mediabot")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_images_are_pinned(rendered: Docs, target: str) -> None:
+    version = _pyproject_version()
+    for workload, container in all_containers(rendered[target]):
+        image = container["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{image}: no tag"
+        assert tag != "latest", image
+        assert container.get("imagePullPolicy") in (None, "IfNotPresent"), image
+        name = workload["metadata"]["name"]
+        if name in OWN_IMAGES:
+            assert image == f"{OWN_IMAGES[name]}:{version}", f"{image}: the project's images carry pyproject's version {version}"
+
+
+def test_secret_template_holds_no_values() -> None:
+    keys = {}
+    for line in tools.SECRETS_TEMPLATE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            keys[key] = value
+    assert set(keys) == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+    assert all(value == "" for value in keys.values()), f"the template must not hold values: {keys}"
+
+
+def test_real_secrets_file_is_ignored_by_git() -> None:
+    secrets = tools.K8S / "base" / "secrets.env"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(secrets)], cwd=tools.REPO, check=False)
+    assert ignored.returncode == 0, "k8s/base/secrets.env must be gitignored"
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(secrets)], cwd=tools.REPO, capture_output=True, check=False)
+    assert tracked.returncode != 0, "k8s/base/secrets.env is committed"
+
+
+def test_rendered_secret_from_the_template_is_empty(tmp_path) -> None:
+    docs = tools.kustomize(tools.copy_k8s(tmp_path) / "overlays" / "gpu")
+    secrets = of_kind(docs, "Secret")
+    assert len(secrets) == 1
+    assert all(value == "" for value in secrets[0].get("data", {}).values())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_configmap_and_secret_reference_resolves(rendered: Docs, target: str) -> None:
+    for _, container in all_containers(rendered[target]):
+        resolved_env(rendered[target], container)  # asserts on any dangling name or key
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_secret_key_is_used(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    used = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for _, container in all_containers(docs)
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert set(one(docs, "Secret", "mediabot-secrets")["data"]) == used
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_services_select_one_workload_and_reach_its_ports(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    for service in of_kind(docs, "Service"):
+        for port in service["spec"]["ports"]:
+            service_target(docs, service["metadata"]["name"], port["port"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_configured_addresses_reach_the_listening_port(rendered: Docs, target: str) -> None:
+    """e.g. AUDIO_SERVICE_ADDR=audio:50051 is Service audio's port, and it lands on the port audio listens on."""
+    docs = rendered[target]
+    config = one(docs, "ConfigMap", "mediabot-config")["data"]
+    for key, client in ADDRESSES.items():
+        host, port = split_address(config[key])
+        workload, container_port = service_target(docs, host, port)
+        env = resolved_env(docs, containers(workload)[0])
+        listen = {"audio": "AUDIO_LISTEN", "vision": "VISION_LISTEN"}.get(workload["metadata"]["name"])
+        if listen:
+            assert split_address(env[listen]) == ("0.0.0.0", container_port), f"{key}: {listen}={env[listen]}"
+        dialer = containers(one(docs, "Deployment", client))[0]
+        assert key in resolved_env(docs, dialer), f"{client} does not get {key}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    policies = of_kind(docs, "NetworkPolicy")
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"], "a default deny-all-ingress policy is required"
+
+    allowed: set[tuple[str, str, int]] = set()  # (source, destination workload, port)
+    for policy in policies:
+        destinations = selected_workloads(docs, policy["spec"]["podSelector"].get("matchLabels", {}))
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                if "podSelector" in peer:
+                    sources = [w["metadata"]["name"] for w in selected_workloads(docs, peer["podSelector"]["matchLabels"])]
+                    assert sources, f"{policy['metadata']['name']}: selects no pod"
+                else:
+                    sources = ["ns:" + peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]]
+                for destination in destinations:
+                    for port in rule["ports"]:
+                        assert port["port"] in container_ports(destination).values(), policy["metadata"]["name"]
+                        allowed |= {(source, destination["metadata"]["name"], port["port"]) for source in sources}
+
+    config = one(docs, "ConfigMap", "mediabot-config")["data"]
+    needed = {("ns:ingress-nginx", "gateway", 8080)}
+    for key, client in ADDRESSES.items():
+        workload, port = service_target(docs, *split_address(config[key]))
+        needed.add((client, workload["metadata"]["name"], port))
+    assert allowed == needed
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ingress_serves_only_the_webhook_at_the_public_url(rendered: Docs, target: str) -> None:
+    from gateway.config import WEBHOOK_PATH
+
+    docs = rendered[target]
+    ingress = one(docs, "Ingress", "gateway")
+    public = urlsplit(one(docs, "ConfigMap", "mediabot-config")["data"]["PUBLIC_BASE_URL"])
+    assert public.scheme == "https"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == public.hostname
+    assert ingress["spec"]["tls"] == [{"hosts": [public.hostname], "secretName": "mediabot-tls"}]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == (WEBHOOK_PATH, "Exact")
+    backend = path["backend"]["service"]
+    named = {p["name"]: p["port"] for p in one(docs, "Service", backend["name"])["spec"]["ports"]}
+    workload, port = service_target(docs, backend["name"], named[backend["port"]["name"]])
+    assert workload["metadata"]["name"] == "gateway" and port == 8080
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_autoscalers_cover_the_stateless_services(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    scaled = {}
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        deployment = one(docs, ref["kind"], ref["name"])
+        assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"  # needs the CPU requests checked above
+        scaled[ref["name"]] = hpa
+    assert set(scaled) == {"gateway", "audio", "vision"}
+
+
+def test_minio_keeps_its_data_on_a_volume_claim(rendered: Docs) -> None:
+    minio = one(rendered["overlays/gpu"], "StatefulSet", "minio")
+    (claim,) = minio["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in containers(minio)[0]["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/data"
+    assert "/data" in containers(minio)[0]["args"]
+    assert one(rendered["overlays/gpu"], "Service", "minio-console")["spec"]["ports"][0]["port"] == 9001
+
+
+def _triton(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment", "triton")
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/gpu"])
+def test_gpu_targets_put_triton_on_a_gpu_with_the_gpu_model_config(rendered: Docs, target: str) -> None:
+    triton = _triton(rendered[target])
+    container = containers(triton)[0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-config-name=gpu" in container["args"]
+    spec = pod_spec(triton)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_cpu_overlay_runs_triton_without_any_gpu(rendered: Docs) -> None:
+    docs = rendered["overlays/cpu"]
+    for _, container in all_containers(docs):
+        for section in ("requests", "limits"):
+            assert "nvidia.com/gpu" not in container["resources"].get(section, {}), container["name"]
+    triton = _triton(docs)
+    assert not any(arg.startswith("--model-config-name") for arg in containers(triton)[0]["args"])
+    assert "nodeSelector" not in pod_spec(triton) and "tolerations" not in pod_spec(triton)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_triton_gets_long_enough_to_load_the_model(rendered: Docs, target: str) -> None:
+    container = containers(_triton(rendered[target]))[0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/dev/shm" in mounts, "the python backend needs shared memory"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_only_differ_in_triton(rendered: Docs, overlay: str) -> None:
+    """Everything but Triton is the base itself, so the overlays cannot drift apart elsewhere."""
+
+    def without_triton(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(
+            (d for d in docs if not (d["kind"] == "Deployment" and d["metadata"]["name"] == "triton")),
+            key=lambda d: (d["kind"], d["metadata"]["name"]),
+        )
+
+    assert without_triton(rendered[overlay]) == without_triton(rendered["base"])
