@@ -152,3 +152,14 @@ def test_gpu_override_reserves_a_gpu_and_selects_the_gpu_model_config(compose: M
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert triton["command"] == [*compose["services"]["triton"]["command"], "--model-config-name=gpu"]
     assert triton["healthcheck"] == compose["services"]["triton"]["healthcheck"]
+
+
+def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
+    """One .env configures the stack, and .env.example is where an operator learns what it may hold."""
+    variables = set()
+    for path in (tools.COMPOSE_FILE, tools.COMPOSE_GPU_FILE):
+        variables |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text(encoding="utf-8")))
+    example = tools.REPO / ".env.example"
+    assert example.is_file(), ".env.example is missing"
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example.read_text(encoding="utf-8"), re.MULTILINE))
+    assert variables - documented == set(), f".env.example does not mention {sorted(variables - documented)}"
