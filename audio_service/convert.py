@@ -17,6 +17,7 @@ from, instead of paying for an ffprobe process on every call.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
@@ -211,7 +212,7 @@ class AudioConverter:
         channels: int,
         deadline: float | None,
         cancelled: threading.Event | None,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytearray, str]:
         """Run ffmpeg to raw PCM; returns the PCM and the useful part of ffmpeg's log."""
         cap_bytes = round(self.max_duration_s * sample_rate_hz) * channels * limits.BYTES_PER_SAMPLE
         command = [
@@ -239,8 +240,11 @@ class AudioConverter:
         except OSError as exc:
             raise ConverterUnavailable(f"The audio converter could not be started ({exc.strerror}).") from exc
 
-        chunks: list[bytes] = []
-        received = 0
+        # A 1 MiB pipe instead of 64 KiB: ffmpeg blocks less and this thread wakes up less often.
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ_CHUNK)  # type: ignore[union-attr]
+        # One growing buffer rather than a list of chunks joined at the end: one copy of the PCM fewer, and
+        # growing a large bytearray is mostly a page remap, not a copy.
+        pcm = bytearray()
         err_head = bytearray()
         err_tail = b""
         try:
@@ -262,12 +266,11 @@ class AudioConverter:
                         if not chunk:
                             selector.unregister(key.fileobj)
                         elif key.fileobj is proc.stdout:
-                            chunks.append(chunk)
-                            received += len(chunk)
-                            if received > cap_bytes:
+                            pcm += chunk
+                            if len(pcm) > cap_bytes:
                                 raise AudioTooLong(
                                     f"The audio is longer than the {_minutes(self.max_duration_s)} limit.",
-                                    decoded_s=received / (channels * limits.BYTES_PER_SAMPLE) / sample_rate_hz,
+                                    decoded_s=len(pcm) / (channels * limits.BYTES_PER_SAMPLE) / sample_rate_hz,
                                 )
                         else:
                             if len(err_head) < _STDERR_HEAD_BYTES:
@@ -285,7 +288,7 @@ class AudioConverter:
         log = err_head.decode("utf-8", "replace")
         if returncode != 0:
             raise InvalidAudio(_failure_reason(log + err_tail.decode("utf-8", "replace")))
-        return b"".join(chunks), log
+        return pcm, log
 
 
 def _failure_reason(log: str) -> str:

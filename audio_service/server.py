@@ -69,14 +69,15 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             cancelled.set()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        audio = request.audio  # each access of a bytes field copies it out of the message: read it once
         fields: dict[str, object] = {
             "request_id": request.request_id,
             "content_type": request.content_type,
-            "input_bytes": len(request.audio),
+            "input_bytes": len(audio),
         }
         try:
             result = self._converter.convert(
-                request.audio,
+                audio,
                 sample_rate_hz=request.sample_rate_hz or limits.DEFAULT_SAMPLE_RATE_HZ,
                 channels=request.channels or limits.DEFAULT_CHANNELS,
                 deadline=deadline,
@@ -105,7 +106,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             elapsed_ms=_elapsed_ms(started),
         )
         logger.info("audio converted", extra=fields)
-        return audio_pb2.ConvertToWavResponse(
+        response = audio_pb2.ConvertToWavResponse(
             wav=result.wav,
             sample_rate_hz=result.sample_rate_hz,
             channels=result.channels,
@@ -114,6 +115,9 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             source_format=result.source_format,
             source_codec=result.source_codec,
         )
+        # The message holds its own copy; let this one go before gRPC serializes a third.
+        del result, audio
+        return response
 
 
 def _deadline_passed(context: grpc.ServicerContext) -> bool:
