@@ -17,6 +17,7 @@ from, instead of paying for an ffprobe process on every call.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -240,8 +241,10 @@ class AudioConverter:
         except OSError as exc:
             raise ConverterUnavailable(f"The audio converter could not be started ({exc.strerror}).") from exc
 
-        # A 1 MiB pipe instead of 64 KiB: ffmpeg blocks less and this thread wakes up less often.
-        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ_CHUNK)  # type: ignore[union-attr]
+        # A 1 MiB pipe instead of 64 KiB: ffmpeg blocks less and this thread wakes up less often. Only a
+        # speed-up, so a refusal (the user's pipe memory quota is spent) is fine.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ_CHUNK)  # type: ignore[union-attr]
         # One growing buffer rather than a list of chunks joined at the end: one copy of the PCM fewer, and
         # growing a large bytearray is mostly a page remap, not a copy.
         pcm = bytearray()
