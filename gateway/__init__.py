@@ -32,6 +32,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     # Imported here so `import gateway.config` (the simulator) does not pull in the whole app.
     from gateway import health, webhook
     from gateway.services import Services
+    from gateway.store import StoreStartupError
 
     env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
     try:
@@ -49,7 +50,11 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if settings.trust_proxy:
         # One proxy hop (ngrok, an ingress): the URL Twilio signed is rebuilt from its X-Forwarded-* headers.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
-    app.extensions["mediabot"] = Services.from_settings(settings)
+    try:
+        app.extensions["mediabot"] = Services.from_settings(settings)
+    except StoreStartupError as error:
+        # Fail fast, before the first webhook: gunicorn reports the worker failed to boot and exits non-zero.
+        raise SystemExit(f"gateway: storage: {error}") from None
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
     return app

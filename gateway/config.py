@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,7 +33,10 @@ DEFAULT_MEDIA_HOSTS = ("api.twilio.com", "mms.twiliocdn.com", "s3-external-1.ama
 # Allowed only with the development credentials, where the simulator serves media from this machine.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
-STORAGE_BACKENDS = ("filesystem",)  # "minio" arrives with its own issue
+STORAGE_BACKENDS = ("filesystem", "minio")
+
+# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 MIB = 1024 * 1024
 
@@ -72,6 +76,16 @@ class Settings:
     vision_service_addr: str
     storage: str
     media_root: Path
+    # STORAGE=minio: any S3 server (MinIO in compose and k8s). Empty strings when STORAGE=filesystem.
+    minio_endpoint: str  # host[:port], no scheme: MINIO_SECURE says http or https
+    minio_access_key: str
+    minio_secret_key: str = field(repr=False)
+    minio_bucket: str
+    minio_secure: bool
+    # Set on the SDK's urllib3 pool: per-request connect/read timeouts and retries with backoff.
+    minio_connect_timeout_s: float
+    minio_read_timeout_s: float
+    minio_retries: int
     max_media_bytes: int
     download_connect_timeout_s: float
     download_read_timeout_s: float
@@ -115,6 +129,8 @@ class Settings:
         if storage not in STORAGE_BACKENDS:
             raise ConfigError(f"STORAGE must be one of {', '.join(STORAGE_BACKENDS)}, got {storage!r}")
 
+        minio = _minio(get) if storage == "minio" else _NO_MINIO
+
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
@@ -131,6 +147,7 @@ class Settings:
             vision_service_addr=get("VISION_SERVICE_ADDR") or "127.0.0.1:50052",
             storage=storage,
             media_root=Path(get("MEDIA_ROOT") or "./data/media"),
+            **minio,
             max_media_bytes=_int(get("MAX_MEDIA_BYTES"), "MAX_MEDIA_BYTES", 16 * MIB, minimum=1),
             download_connect_timeout_s=_float(get("DOWNLOAD_CONNECT_TIMEOUT_S"), "DOWNLOAD_CONNECT_TIMEOUT_S", 3.05),
             download_read_timeout_s=_float(get("DOWNLOAD_READ_TIMEOUT_S"), "DOWNLOAD_READ_TIMEOUT_S", 5.0),
@@ -157,6 +174,48 @@ class Settings:
                 ", ".join(LOOPBACK_HOSTS),
                 extra={"dev_credentials": True, "public_base_url": self.public_base_url},
             )
+
+
+# What Settings holds for MinIO when STORAGE=filesystem: nothing is read, nothing is checked.
+_NO_MINIO: dict[str, object] = {
+    "minio_endpoint": "", "minio_access_key": "", "minio_secret_key": "", "minio_bucket": "", "minio_secure": True,
+    "minio_connect_timeout_s": 2.0, "minio_read_timeout_s": 5.0, "minio_retries": 2,
+}
+
+
+def _minio(get: Callable[[str], str | None]) -> dict[str, object]:
+    """The MINIO_* settings, checked for form only: reaching the server is the store's start-up job."""
+    endpoint = get("MINIO_ENDPOINT")
+    if endpoint is None:
+        raise ConfigError("STORAGE=minio needs MINIO_ENDPOINT (host:port of the S3 API, e.g. minio:9000)")
+    parts = urlsplit(f"//{endpoint}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if "://" in endpoint or not parts.hostname or parts.path or parts.query or parts.username or port == -1:
+        raise ConfigError(
+            f"MINIO_ENDPOINT must be host or host:port without a scheme or path (MINIO_SECURE picks http or "
+            f"https), got {endpoint!r}"
+        )
+    access_key, secret_key = get("MINIO_ACCESS_KEY"), get("MINIO_SECRET_KEY")
+    if access_key is None or secret_key is None:
+        raise ConfigError("STORAGE=minio needs both MINIO_ACCESS_KEY and MINIO_SECRET_KEY")
+    bucket = get("MINIO_BUCKET") or "mediabot"
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _is_ip(bucket):
+        raise ConfigError(
+            f"MINIO_BUCKET must be an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens), got {bucket!r}"
+        )
+    return {
+        "minio_endpoint": endpoint,
+        "minio_access_key": access_key,
+        "minio_secret_key": secret_key,
+        "minio_bucket": bucket,
+        "minio_secure": _bool(get("MINIO_SECURE"), "MINIO_SECURE", True),
+        "minio_connect_timeout_s": _float(get("MINIO_CONNECT_TIMEOUT_S"), "MINIO_CONNECT_TIMEOUT_S", 2.0),
+        "minio_read_timeout_s": _float(get("MINIO_READ_TIMEOUT_S"), "MINIO_READ_TIMEOUT_S", 5.0),
+        "minio_retries": _int(get("MINIO_RETRIES"), "MINIO_RETRIES", 2, minimum=0),
+    }
 
 
 def _public_base_url(value: str) -> str:

@@ -1,8 +1,8 @@
 """GET /healthz (the process answers) and GET /readyz (the services it needs answer too).
 
 Readiness asks each gRPC service's standard health service about its own service name, with a short
-deadline, so a load balancer stops sending webhooks while the audio or vision service is down instead
-of every user hearing "couldn't process it right now".
+deadline, and the store whether it can take writes, so a load balancer stops sending webhooks while the
+audio or vision service or the storage is down instead of every user hearing "couldn't ... right now".
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def readyz() -> tuple[Response, int]:
     dependencies = {
         "audio": _check(services.audio_channel, AUDIO_SERVICE, timeout),
         "vision": _check(services.vision_channel, VISION_SERVICE, timeout),
+        # Whichever store is configured: SERVING when it can take writes now (MinIO: the bucket answers).
+        "storage": services.store.check(),
     }
     ready = all(status == "SERVING" for status in dependencies.values())
     body = {"status": "ready" if ready else "not ready", "dependencies": dependencies}

@@ -14,7 +14,7 @@ from gateway.config import Settings
 from gateway.download import MediaDownloader
 from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
-from gateway.store import FilesystemStore, Store
+from gateway.store import Store, open_store
 from mediabot.v1 import audio_pb2_grpc, vision_pb2_grpc
 
 # gRPC refuses messages over 4 MiB by default. Requests carry a whole media file (up to MAX_MEDIA_BYTES)
@@ -83,10 +83,9 @@ class Services:
         self.downloader.close()
         self.audio_channel.close()
         self.vision_channel.close()
+        self.store.close()
 
 
 def make_store(settings: Settings) -> Store:
-    """The configured Store; Settings has already refused unknown STORAGE values."""
-    if settings.storage == "filesystem":
-        return FilesystemStore(settings.media_root)
-    raise ValueError(f"no store for STORAGE={settings.storage!r}")
+    """The configured Store, checked (bucket created, credentials tried); StoreStartupError if unusable."""
+    return open_store(settings)

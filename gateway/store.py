@@ -8,7 +8,8 @@ arrived, so a redelivered webhook would compute a different key: identity is (se
 index) — a ``MediaRef`` — and the Store, not the key, is what makes a second delivery a no-op.
 
 The interface is kept to what S3 can do cheaply (put, get, list by prefix, one small pointer object per
-ref, written with a conditional put), so the MinIO store can implement it without a database.
+ref, written with a conditional put), so the MinIO store (gateway.minio_store) can implement it without a
+database. ``open_store(settings)`` picks the one STORAGE names.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 AUDIO = "audio"
 IMAGES = "images"
@@ -51,6 +55,17 @@ class InvalidKey(ValueError):
 
 class StoreBusy(OSError):
     """Another delivery of the same media held the lock for longer than we may wait."""
+
+
+class StoreUnavailable(OSError):
+    """The storage backend could not be reached or refused a request; the message says which and why.
+
+    An OSError like the filesystem's own errors, so the webhook answers "couldn't save" for both stores alike.
+    """
+
+
+class StoreStartupError(RuntimeError):
+    """The configured storage cannot be used at all (unreachable, refused credentials, no bucket): stop the process."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,58 @@ class Store(Protocol):
     def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
         """A sender's complete objects (of one kind, or all), newest first."""
         ...
+
+    def senders(self) -> list[str]:
+        """Every sender id that has a prefix in the store, sorted."""
+        ...
+
+    def check(self) -> str:
+        """"SERVING" when the store can take writes now, else one word saying why not (for /readyz)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...
+
+
+def open_store(settings: Settings, *, for_writing: bool = True) -> Store:
+    """The store STORAGE names, ready to use; StoreStartupError with a readable message if it cannot be.
+
+    ``for_writing=False`` (the browsing command) neither creates a missing bucket nor writes a probe.
+    """
+    if settings.storage == "minio":
+        from gateway.minio_store import MinioStore  # imported only when used: the filesystem needs no S3 SDK
+
+        return MinioStore.connect(settings, for_writing=for_writing)
+    if settings.storage == "filesystem":
+        try:
+            return FilesystemStore(settings.media_root)
+        except OSError as error:
+            raise StoreStartupError(f"MEDIA_ROOT {settings.media_root} cannot be used: {error}") from None
+    raise StoreStartupError(f"no store for STORAGE={settings.storage!r}")
+
+
+def parse_key(key: str) -> tuple[MediaRef, datetime]:
+    """The ref and receive time a media key was made from; InvalidKey if it is not one."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise InvalidKey("not a media key")
+    ref = MediaRef(match["sender"], match["kind"], match["sid"], int(match["index"]))
+    return ref, datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def is_media_key(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
+
+
+def is_sender_id(value: str) -> bool:
+    """Whether ``value`` can be a sender prefix (the same rule MediaRef applies)."""
+    return re.fullmatch(_SEGMENT, value) is not None
+
+
+def newest_first(objects: list[StoredObject]) -> list[StoredObject]:
+    """Sorted by the key's file name, which starts with the UTC receive time (then MessageSid and index)."""
+    return sorted(objects, key=lambda obj: obj.key.rsplit("/", 1)[1], reverse=True)
 
 
 def media_key(ref: MediaRef, received_at: datetime, content_type: str) -> str:
@@ -223,9 +290,21 @@ class FilesystemStore:
                     stored = self._load(candidate)
                     if stored is not None:
                         found.append(stored)
-        # File names start with the UTC timestamp, then MessageSid and index: sorting them sorts by time.
-        found.sort(key=lambda obj: obj.key.rsplit("/", 1)[1], reverse=True)
-        return found
+        return newest_first(found)
+
+    def senders(self) -> list[str]:
+        directory = self._root / "whatsapp"
+        if not directory.is_dir():
+            return []
+        return sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and is_sender_id(entry.name))
+
+    def check(self) -> str:
+        if not self._root.is_dir():
+            return "MISSING"
+        return "SERVING" if os.access(self._root, os.W_OK | os.X_OK) else "NOT_WRITABLE"
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
 
     # -- internals -------------------------------------------------------------------------------------
 

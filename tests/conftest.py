@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.audio",
     "tests.fixtures.gateway",
+    "tests.fixtures.s3",
     "tests.fixtures.triton",
     "tests.fixtures.vision",
 ]

@@ -1,0 +1,462 @@
+"""The Store interface on an S3 server (MinIO in compose and k8s; SeaweedFS in the tests), with the minio SDK.
+
+Objects in the bucket, under the same keys as on disk (gateway.store):
+
+    whatsapp/{sender}/{kind}/{stamp}_{MessageSid}_{index}.{ext}   the media; Content-Type; metadata as x-amz-meta-*
+    whatsapp/{sender}/{kind}/.{MessageSid}_{index}.ref           the claim: the key this ref is stored under
+    {media key}.json                                             only for metadata over S3's 2 KB (gateway.s3_metadata)
+
+Idempotency. The key holds the time the webhook arrived, so a redelivery would compute a different one;
+what it shares with the first delivery is the ref (sender, kind, MessageSid, index), and the claim object's
+name is made from the ref alone. ``put`` first looks for the claim (check before write). Without one, it
+creates it with a conditional write, ``If-None-Match: *``: of any number of concurrent deliveries, on any
+number of gateway replicas, exactly one succeeds and the others get 412 Precondition Failed, read the
+claim, and from then on use the key written in it, so even a race ends in one object. The winner then
+writes the media under that key; the others wait for it to appear and return it (created=False). If it
+does not appear (the claimant died between claim and media, or stalls past ``claim_wait_s``), whoever
+finds the claim writes the media under the claimed key itself: still one object, since an S3 PUT replaces
+a key atomically. The claim carries a random token, so a claim whose creation was retried by the HTTP
+pool after a lost response is recognised as one's own rather than waited on.
+
+Nothing is half-written: an S3 object appears only complete (single PUT, or a multipart upload when it is
+completed; the SDK aborts the upload when a part fails), the media object is written last, and readers
+count only media objects, so a claim or overflow object without its media is invisible.
+
+Timeouts and retries are the SDK's: its urllib3 PoolManager, built here with our timeouts and a
+``urllib3.Retry`` (connection errors, read errors on idempotent requests, 500/502/503/504 with backoff).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from gateway import s3_metadata
+from gateway.config import Settings
+from gateway.store import (
+    EXTENSIONS,
+    InvalidKey,
+    MediaRef,
+    StoreBusy,
+    StoredObject,
+    StoreStartupError,
+    StoreUnavailable,
+    is_media_key,
+    is_sender_id,
+    media_key,
+    newest_first,
+    parse_key,
+)
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Objects above this go through the SDK's multipart upload in parts of this size (a 15-minute WAV, about 29 MB,
+# is 4 parts); smaller ones are one PUT. 5 MiB is S3's minimum part size.
+PART_SIZE = 8 * MIB
+# How long a delivery that lost the claim waits for the winner's media before writing it itself.
+CLAIM_WAIT_S = 5.0
+_CLAIM_POLL_S = 0.05
+# Responses worth retrying: the server or a proxy in front of it is overloaded or restarting.
+_RETRY_STATUSES = (500, 502, 503, 504)
+# S3 error codes that mean the credentials, not the server, are the problem.
+_AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
+
+
+def http_pool(connect_timeout_s: float, read_timeout_s: float, retries: int) -> urllib3.PoolManager:
+    """The SDK's HTTP client, as minio's own default but with our timeouts and retries.
+
+    No ca_certs: urllib3 then uses the system trust store, which honours SSL_CERT_FILE for a private CA.
+    raise_on_status=False hands the last 5xx answer to the SDK, which turns it into a readable S3Error.
+    """
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        retries=urllib3.Retry(
+            total=retries,
+            backoff_factor=0.2,
+            status_forcelist=_RETRY_STATUSES,
+            raise_on_status=False,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Claim:
+    key: str
+    token: str
+    age_s: float  # by the server's clock: its Date minus the claim's Last-Modified
+
+
+class MinioStore:
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        *,
+        health_client: Minio | None = None,
+        pools: tuple[urllib3.PoolManager, ...] = (),
+        claim_wait_s: float = CLAIM_WAIT_S,
+        description: str = "",
+    ) -> None:
+        self._client = client
+        self._health = health_client or client
+        self._bucket = bucket
+        self._pools = pools
+        self._claim_wait_s = claim_wait_s
+        self._description = description or f"bucket {bucket!r}"
+
+    @classmethod
+    def connect(cls, settings: Settings, *, for_writing: bool = True, claim_wait_s: float = CLAIM_WAIT_S) -> MinioStore:
+        """A store on the configured server, checked before the first webhook; StoreStartupError if unusable."""
+        pool = http_pool(settings.minio_connect_timeout_s, settings.minio_read_timeout_s, settings.minio_retries)
+        # Readiness probes must answer within their own deadline, not after the pool's retries.
+        health_pool = http_pool(settings.health_check_timeout_s, settings.health_check_timeout_s, 0)
+
+        def client(http: urllib3.PoolManager) -> Minio:
+            return Minio(
+                settings.minio_endpoint,
+                access_key=settings.minio_access_key,
+                secret_key=settings.minio_secret_key,
+                secure=settings.minio_secure,
+                http_client=http,
+            )
+
+        scheme = "https" if settings.minio_secure else "http"
+        store = cls(
+            client(pool),
+            settings.minio_bucket,
+            health_client=client(health_pool),
+            pools=(pool, health_pool),
+            claim_wait_s=claim_wait_s,
+            description=f"bucket {settings.minio_bucket!r} at {scheme}://{settings.minio_endpoint}",
+        )
+        try:
+            store.prepare(for_writing=for_writing)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def client(self) -> Minio:
+        """The SDK client this store uses (for tools and tests that look at the bucket directly)."""
+        return self._client
+
+    def prepare(self, *, for_writing: bool = True) -> None:
+        """Make sure the bucket is there and usable; with ``for_writing``, create it and prove conditional writes.
+
+        Safe when several replicas start at once: whichever loses the race to create the bucket gets an
+        error (BucketAlreadyOwnedByYou on MinIO, other codes elsewhere) and accepts it once the bucket exists.
+        """
+        try:
+            if not self._client.bucket_exists(self._bucket):
+                if not for_writing:
+                    raise StoreStartupError(f"{self._description} does not exist (MINIO_BUCKET)")
+                try:
+                    self._client.make_bucket(self._bucket)
+                    logger.info("created the storage bucket", extra={"bucket": self._bucket})
+                except S3Error:
+                    if not self._client.bucket_exists(self._bucket):
+                        raise
+            # bucket_exists proves HEAD; listing is what find() and list() need.
+            next(iter(self._client.list_objects(self._bucket, prefix="whatsapp/")), None)
+            if for_writing:
+                self._prove_conditional_writes()
+        except StoreStartupError:
+            raise
+        except S3Error as error:
+            raise StoreStartupError(self._explain(error)) from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise StoreStartupError(
+                f"cannot reach the S3 server for {self._description} (MINIO_ENDPOINT, MINIO_SECURE): {_reason(error)}"
+            ) from None
+
+    # -- the Store interface ---------------------------------------------------------------------------
+
+    def put(
+        self,
+        ref: MediaRef,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, object],
+        received_at: datetime,
+    ) -> tuple[StoredObject, bool]:
+        key = media_key(ref, received_at, content_type)
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self._claim_wait_s
+        with self._errors("store"):
+            while True:
+                claim = self._read_claim(ref)
+                if claim is None:
+                    if self._create_claim(ref, key, token):
+                        return self._write(key, data, content_type, metadata), True
+                    if time.monotonic() >= deadline:
+                        raise StoreBusy("the claim for this media keeps changing; giving up for now")
+                    continue  # another delivery claimed it first: read its claim
+                if claim.token == token:
+                    return self._write(claim.key, data, content_type, metadata), True
+                existing = self._load(claim.key)
+                if existing is not None:
+                    return existing, False
+                if claim.age_s >= self._claim_wait_s or time.monotonic() >= deadline:
+                    return self._take_over(ref, claim, data, content_type, metadata), True
+                time.sleep(_CLAIM_POLL_S)
+
+    def find(self, ref: MediaRef) -> StoredObject | None:
+        with self._errors("look up"):
+            claim = self._read_claim(ref)
+            return None if claim is None else self._load(claim.key)
+
+    def get(self, key: str) -> bytes:
+        if not is_media_key(key):
+            raise InvalidKey("not a media key")
+        with self._errors("read"):
+            try:
+                response = self._client.get_object(self._bucket, key)
+            except S3Error as error:
+                if error.code == "NoSuchKey":
+                    raise KeyError(key) from None
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        kinds = [kind] if kind is not None else sorted(EXTENSIONS)
+        found: list[StoredObject] = []
+        with self._errors("list"):
+            for one_kind in kinds:
+                if one_kind not in EXTENSIONS:
+                    raise InvalidKey(f"unknown kind {one_kind!r}")
+                for item in self._client.list_objects(self._bucket, prefix=f"whatsapp/{sender_id}/{one_kind}/"):
+                    # One HEAD per object for its metadata: S3 listings carry none (MinIO's extension aside).
+                    if item.object_name and is_media_key(item.object_name):
+                        stored = self._load(item.object_name)
+                        if stored is not None:
+                            found.append(stored)
+        return newest_first(found)
+
+    def senders(self) -> list[str]:
+        with self._errors("list"):
+            prefixes = [
+                item.object_name
+                for item in self._client.list_objects(self._bucket, prefix="whatsapp/")
+                if item.is_dir and item.object_name
+            ]
+        names = (prefix.removeprefix("whatsapp/").rstrip("/") for prefix in prefixes)
+        return sorted(name for name in names if is_sender_id(name))
+
+    def check(self) -> str:
+        try:
+            return "SERVING" if self._health.bucket_exists(self._bucket) else "NO_BUCKET"
+        except S3Error as error:
+            return "ACCESS_DENIED" if error.code in _AUTH_CODES else "ERROR"
+        except (MinioException, urllib3.exceptions.HTTPError, OSError):
+            return "UNAVAILABLE"
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.clear()
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _read_claim(self, ref: MediaRef) -> _Claim | None:
+        name = claim_name(ref)
+        try:
+            response = self._client.get_object(self._bucket, name)
+        except S3Error as error:
+            if error.code == "NoSuchKey":
+                return None
+            raise
+        try:
+            body = response.read(4096).decode("ascii", errors="replace")
+            age_s = _age_s(response.headers)
+        finally:
+            response.close()
+            response.release_conn()
+        key, _, token = body.strip().partition("\n")
+        try:
+            claimed_ref, _ = parse_key(key)
+        except InvalidKey:
+            claimed_ref = None
+        if claimed_ref != ref:
+            raise StoreUnavailable(f"the claim object {name} does not name a key of this media; delete it to retry")
+        return _Claim(key=key, token=token.strip(), age_s=age_s)
+
+    def _create_claim(self, ref: MediaRef, key: str, token: str) -> bool:
+        """True if this call created the claim; False if one exists (or is being created) already."""
+        try:
+            _put_if_absent(self._client, self._bucket, claim_name(ref), f"{key}\n{token}\n".encode("ascii"))
+        except S3Error as error:
+            # 409 ConditionalRequestConflict: another conditional write to the same name is in flight (AWS).
+            if error.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def _take_over(
+        self, ref: MediaRef, claim: _Claim, data: bytes, content_type: str, metadata: Mapping[str, object]
+    ) -> StoredObject:
+        _, claimed_at = parse_key(claim.key)
+        if media_key(ref, claimed_at, content_type) != claim.key:
+            raise StoreUnavailable(f"this media was claimed as {claim.key.rsplit('.', 1)[-1]}, not {content_type}")
+        logger.warning(
+            "writing media claimed by another delivery that did not finish",
+            extra={"message_sid": ref.message_sid, "media_index": ref.index, "claim_age_s": round(claim.age_s, 1)},
+        )
+        return self._write(claim.key, data, content_type, metadata)
+
+    def _write(self, key: str, data: bytes, content_type: str, metadata: Mapping[str, object]) -> StoredObject:
+        full: dict[str, object] = {
+            **metadata,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "stored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for reserved in ("key", "content_type", "size"):  # the object itself says these
+            full.pop(reserved, None)
+        headers, overflow = s3_metadata.encode(full, overflow_object(key))
+        if overflow:
+            body = json.dumps(overflow, ensure_ascii=False).encode()
+            self._client.put_object(
+                self._bucket, overflow_object(key), io.BytesIO(body), len(body), content_type="application/json"
+            )
+        self._client.put_object(
+            self._bucket, key, io.BytesIO(data), len(data),
+            content_type=content_type, metadata=headers, part_size=PART_SIZE,  # type: ignore[arg-type]
+        )
+        return StoredObject(
+            key=key, content_type=content_type, size=len(data),
+            metadata={**full, "key": key, "content_type": content_type, "size": len(data)},
+        )
+
+    def _load(self, key: str) -> StoredObject | None:
+        try:
+            stat = self._client.stat_object(self._bucket, key)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+        fields, overflow_key = s3_metadata.decode(stat.metadata or {})
+        if overflow_key == overflow_object(key):
+            response = self._client.get_object(self._bucket, overflow_key)
+            try:
+                extra = json.loads(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+            if isinstance(extra, dict):
+                fields.update(extra)
+        content_type = stat.content_type or ""
+        size = int(stat.size or 0)
+        return StoredObject(
+            key=key, content_type=content_type, size=size,
+            metadata={**fields, "key": key, "content_type": content_type, "size": size},
+        )
+
+    def _prove_conditional_writes(self) -> None:
+        """Refuse to start on a server that ignores If-None-Match: the claim, and so idempotency, rests on it.
+
+        AWS S3 and MinIO (the 2025 release compose and k8s run) honour it on PutObject, SeaweedFS 4.x too; a
+        server that ignores it would let a racing replay store a second object without any error, so fail
+        loudly instead.
+        """
+        probe = f".mediabot/probe-{uuid.uuid4().hex}"
+        _put_if_absent(self._client, self._bucket, probe, b"probe\n")
+        try:
+            _put_if_absent(self._client, self._bucket, probe, b"probe\n")
+        except S3Error as error:
+            if error.code != "PreconditionFailed":
+                raise
+        else:
+            raise StoreStartupError(
+                f"the S3 server for {self._description} ignores conditional writes (If-None-Match: *), which the "
+                "store needs to keep one object per media item; upgrade it"
+            )
+        finally:
+            try:
+                self._client.remove_object(self._bucket, probe)
+            except (MinioException, urllib3.exceptions.HTTPError, OSError):
+                logger.warning("could not remove the start-up probe object", extra={"object": probe})
+
+    def _explain(self, error: S3Error) -> str:
+        if error.code == "InvalidAccessKeyId":
+            return f"the S3 server for {self._description} does not know MINIO_ACCESS_KEY"
+        if error.code == "SignatureDoesNotMatch":
+            return f"the S3 server for {self._description} refused MINIO_SECRET_KEY for MINIO_ACCESS_KEY"
+        if error.code in _AUTH_CODES:
+            return f"the S3 server for {self._description} refused access with MINIO_ACCESS_KEY ({error.code})"
+        return f"the S3 server for {self._description} answered {error.code}: {error.message}"
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """SDK and network errors as StoreUnavailable (an OSError), which the webhook answers with "couldn't save"."""
+        try:
+            yield
+        except S3Error as error:
+            raise StoreUnavailable(f"could not {action} in {self._description}: {error.code}: {error.message}") from error
+        except (MinioException, urllib3.exceptions.HTTPError) as error:
+            raise StoreUnavailable(f"could not {action} in {self._description}: {_reason(error)}") from error
+
+
+def claim_name(ref: MediaRef) -> str:
+    """The claim object of ``ref``: the same name as the filesystem store's pointer file."""
+    return f"whatsapp/{ref.sender_id}/{ref.kind}/.{ref.message_sid}_{ref.index}.ref"
+
+
+def overflow_object(key: str) -> str:
+    return f"{key}.json"
+
+
+def _put_if_absent(client: Minio, bucket: str, name: str, body: bytes) -> None:
+    """A single-part PutObject with If-None-Match: *; S3Error PreconditionFailed when ``name`` exists.
+
+    minio 7.2's public put_object cannot send request headers other than metadata (it would turn
+    If-None-Match into x-amz-meta-if-none-match), so this calls the single-part PutObject that put_object
+    itself uses, which sends headers as given and is signed and retried like every other request.
+    pyproject pins minio below 7.3 for this; tests/gateway/test_store.py proves the 412 on a real server.
+    """
+    client._put_object(  # noqa: SLF001
+        bucket, name, body, headers={"If-None-Match": "*", "Content-Type": "text/plain; charset=us-ascii"}
+    )
+
+
+def _age_s(headers: Mapping[str, str]) -> float:
+    """How long ago the object was written, by the server's own clock (so gateway clock skew cannot matter)."""
+    try:
+        now = parsedate_to_datetime(headers["Date"])
+        written = parsedate_to_datetime(headers["Last-Modified"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0  # unknown: treat as fresh, i.e. wait for its writer
+    return max(0.0, (now - written).total_seconds())
+
+
+def _reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)  # urllib3's MaxRetryError wraps the socket or TLS error
+    text = str(reason or error)
+    if "SSL" in text or "ssl" in text:
+        text += " (is MINIO_SECURE right for this server?)"
+    return text
