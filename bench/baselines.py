@@ -50,14 +50,16 @@ class ClassicSsd:
         self.mean_bgr = mean_bgr
         self.size = size
 
-    def max_confidence(self, data: bytes) -> float:
+    def detect(self, data: bytes) -> list[tuple[float, tuple[int, int, int, int]]]:
+        """(confidence, box in pixels of the decoded image) for every detection, as the sample maps them."""
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError("OpenCV could not decode the image")
+        height, width = image.shape[:2]
         blob = cv2.dnn.blobFromImage(cv2.resize(image, (self.size, self.size)), 1.0, (self.size, self.size), self.mean_bgr)
         self.net.setInput(blob)
-        rows = _rows(self.net.forward())
-        return float(rows[:, 0].max()) if len(rows) else 0.0
+        scale = np.array([width, height, width, height], np.float32)
+        return [(float(row[0]), tuple(int(v) for v in row[1:] * scale)) for row in _rows(self.net.forward())]
 
 
 class LetterboxSsd:
@@ -96,9 +98,10 @@ class HaarCascade:
         if self.cascade.empty():
             raise FileNotFoundError("OpenCV's haarcascade_frontalface_default.xml did not load")
 
-    def count(self, data: bytes) -> int:
+    def detect(self, data: bytes) -> list[tuple[float, tuple[int, int, int, int]]]:
+        """Every face found, as (1.0, box): the cascade answers yes or no, it has no confidence."""
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise ValueError("OpenCV could not decode the image")
         faces = self.cascade.detectMultiScale(image, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        return len(faces)
+        return [(1.0, (int(x), int(y), int(x + w), int(y + h))) for x, y, w, h in faces]

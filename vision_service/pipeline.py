@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from vision_service.canvas import Face, letterbox, postprocess
 from vision_service.decode import decode_image
 from vision_service.detector import TritonDetector
-from vision_service.errors import DetectorUnavailable
+from vision_service.errors import DetectorTimeout, DetectorUnavailable
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,13 @@ def find_faces(
     detector: TritonDetector,
     limits: Limits,
     min_confidence: float,
-    timeout_s: float | None = None,
+    deadline: float | None = None,
     request_id: str = "",
 ) -> FaceReport:
-    """Raises the domain errors of errors.py; never returns a result the detector did not produce."""
+    """Raises the domain errors of errors.py; never returns a result the detector did not produce.
+
+    ``deadline`` is a ``time.monotonic()`` instant; Triton gets whatever is left of it after decoding.
+    """
     info = detector.info
     if info is None:
         raise DetectorUnavailable("the face detector is not ready yet")
@@ -46,6 +49,9 @@ def find_faces(
     decoded_at = time.perf_counter()
     tensor, _ = letterbox(decoded.pixels, info.canvas)
     prepared_at = time.perf_counter()
+    timeout_s = None if deadline is None else deadline - time.monotonic()
+    if timeout_s is not None and timeout_s <= 0:
+        raise DetectorTimeout("no time was left for the face detector after decoding")
     detections = detector.detect(tensor, timeout_s=timeout_s, request_id=request_id)
     inferred_at = time.perf_counter()
     faces = postprocess(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 import warnings
 from concurrent import futures
@@ -33,7 +34,8 @@ SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
 # How often the health watcher asks Triton while ready, and while not (faster, to come back quickly).
 READY_POLL_S = 5.0
 NOT_READY_POLL_S = 1.0
-# Left of the caller's deadline for encoding and sending our answer after Triton's.
+# Left of the caller's deadline for encoding and sending our answer after Triton's. Without a caller deadline
+# the whole call (decode included) gets TRITON_TIMEOUT_S.
 DEADLINE_MARGIN_S = 0.02
 
 
@@ -53,11 +55,11 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             if not 0.0 <= min_confidence <= 1.0:  # also refuses NaN
                 self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "min_confidence must be between 0 and 1", fields)
         remaining = context.time_remaining()
-        timeout_s = self._settings.triton_timeout_s
-        caller_bound = remaining is not None and remaining - DEADLINE_MARGIN_S < timeout_s
+        budget_s = self._settings.triton_timeout_s
+        caller_bound = remaining is not None and remaining - DEADLINE_MARGIN_S < budget_s
         if caller_bound:
-            timeout_s = remaining - DEADLINE_MARGIN_S
-            if timeout_s <= 0:
+            budget_s = remaining - DEADLINE_MARGIN_S
+            if budget_s <= 0:
                 self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started", fields)
         try:
             report = find_faces(
@@ -65,7 +67,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 detector=self._detector,
                 limits=self._limits,
                 min_confidence=min_confidence,
-                timeout_s=timeout_s,
+                deadline=time.monotonic() + budget_s,
                 request_id=request_id,
             )
         except InvalidImage as error:
