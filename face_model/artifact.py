@@ -59,11 +59,18 @@ def load_face_ssd(
     mean_bgr: Sequence[float] = DEFAULT_MEAN_BGR,
     prototxt_variant: str = DEFAULT_PROTOTXT_VARIANT,
     device: torch.device | str = "cpu",
+    optimize: bool = True,
 ) -> FaceSSD:
-    """The detector, in eval mode on ``device``, with priors computed for ``canvas_size``."""
+    """The detector, in eval mode on ``device``, with priors computed for ``canvas_size``.
+
+    ``optimize`` folds the normalization layers into the convolutions (``FaceSSD.optimize_for_inference``).
+    """
     if prototxt_variant not in PROTOTXT_VARIANTS:
         raise ValueError(f"prototxt variant must be one of {PROTOTXT_VARIANTS}, got {prototxt_variant!r}")
     content = load_artifact(path)
     model = FaceSSD(parse_prototxt(content["prototxts"][prototxt_variant]), canvas_size=canvas_size, mean_bgr=mean_bgr)
     model.load_state_dict(content["state_dict"], strict=True)
-    return model.eval().requires_grad_(False).to(device)
+    model = model.eval().requires_grad_(False)
+    if optimize:
+        model.optimize_for_inference()
+    return model.to(device)

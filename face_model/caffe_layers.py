@@ -173,3 +173,30 @@ def prior_boxes(
         raise ValueError("PriorBox needs 1 or 4 variance values")
     variance_rows = np.broadcast_to(np.resize(variances, 4), boxes.shape)
     return np.stack([boxes.reshape(-1), variance_rows.reshape(-1)]).astype(f32)
+
+
+class ChannelAffine(nn.Module):
+    """x * scale_c + shift_c in one pass: a Caffe BatchNorm and the Scale after it, folded together for inference."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+        self.register_buffer("_zeros", torch.zeros_like(self.scale), persistent=False)
+        self.register_buffer("_ones", torch.ones_like(self.scale), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # batch_norm with mean 0, variance 1 and eps 0 is exactly x * weight + bias, as a single fused kernel.
+        return F.batch_norm(x, self._zeros, self._ones, self.scale, self.shift, False, 0.0, 0.0)
+
+
+def batch_norm_scale_as_affine(norm: CaffeBatchNorm, scale: CaffeScale | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel (multiplier, offset) equal to BatchNorm followed by Scale (computed in float64)."""
+    inv_std = 1.0 / torch.sqrt(norm.running_var.double() + norm.eps)
+    multiplier = inv_std
+    offset = -norm.running_mean.double() * inv_std
+    if scale is not None:
+        gamma = scale.weight.double()
+        beta = scale.bias.double() if scale.bias is not None else torch.zeros_like(gamma)
+        multiplier, offset = multiplier * gamma, offset * gamma + beta
+    return multiplier.float(), offset.float()

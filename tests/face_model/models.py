@@ -40,11 +40,18 @@ def net(variant: str = "deploy") -> caffe_pb2.NetParameter:
 
 @functools.cache
 def face_ssd(
-    canvas: int | tuple[int, int] = 300, variant: str = "deploy", mean_bgr: tuple[float, float, float] = DEFAULT_MEAN_BGR
+    canvas: int | tuple[int, int] = 300,
+    variant: str = "deploy",
+    mean_bgr: tuple[float, float, float] = DEFAULT_MEAN_BGR,
+    *,
+    optimized: bool = True,
 ) -> FaceSSD:
+    """By default the model as Triton serves it (``optimize_for_inference``); ``optimized=False`` is the
+    layer-for-layer Caffe transcription."""
     model = FaceSSD(net(variant), canvas_size=canvas, mean_bgr=mean_bgr)
     model.load_caffe_weights(_weights())
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    return model.optimize_for_inference() if optimized else model
 
 
 def detect(model: FaceSSD, canvases: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,5 +1,8 @@
 """The torch port against OpenCV's DNN module running the same prototxt and caffemodel on the same inputs.
 
+The detections are checked on the model exactly as Triton serves it (normalization folded into the
+convolutions); the raw head outputs on the layer-for-layer transcription.
+
 Criterion (issue 3): every OpenCV detection with confidence >= 0.3 is matched by one of ours with
 |delta confidence| <= 0.01 and IoU >= 0.98, and vice versa. Both sides get the identical blob: the
 port's own preprocessing is checked to be bit-identical to cv2.dnn.blobFromImage first.
@@ -89,12 +92,12 @@ def test_parity_photos_exercise_faces_and_empty_results(opencv_deploy) -> None:
 
 @pytest.mark.parametrize("name", ["grace_hopper", "friends", "zidane"])
 def test_raw_network_outputs_match_opencv(name: str, opencv_deploy) -> None:
-    """The heads before DetectionOutput, so a decoding bug cannot hide behind NMS."""
+    """The layer-for-layer transcription's heads before DetectionOutput, so a decoding bug cannot hide behind NMS."""
     canvas = squash(rgb(name), 300)
     blob = opencv_blob(canvas, (104.0, 117.0, 123.0))
     opencv_deploy.setInput(blob)
     loc, conf, priors = opencv_deploy.forward(["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"])
-    model = face_ssd(300)
+    model = face_ssd(300, optimized=False)
     with torch.inference_mode():
         blobs = model.run_network(torch.from_numpy(blob), ["mbox_loc", "mbox_conf_flatten"])
     np.testing.assert_allclose(blobs["mbox_loc"].numpy(), loc, rtol=0, atol=2e-4)

@@ -156,7 +156,7 @@ def test_pooling_rounds_up_like_caffe() -> None:
 
 def test_in_place_layers_modify_the_blob_later_layers_read() -> None:
     """conv4_3_norm reads layer_256_1_bn1 after its in-place Scale and ReLU: negative values must be gone."""
-    model = face_ssd(300)
+    model = face_ssd(300, optimized=False)
     blob = model.preprocess(torch.from_numpy(squash(rgb("astronaut"), 300)[None]))
     with torch.inference_mode():
         out = model.run_network(blob, ["layer_256_1_bn1", "conv4_3_norm"])
@@ -168,3 +168,23 @@ def test_prototxt_parsing_is_strict() -> None:
     with pytest.raises(text_format.ParseError, match="mystery"):
         parse_prototxt(text)
     assert isinstance(parse_prototxt('input: "data"'), caffe_pb2.NetParameter)
+
+
+@pytest.mark.parametrize("canvas", [300, 600])
+def test_optimized_model_gives_the_faithful_models_detections(canvas: int) -> None:
+    faithful, optimized = face_ssd(canvas, optimized=False), face_ssd(canvas)
+    for name in ("friends", "zidane", "small_grace_hopper_on_rocket_4", "chelsea_cat"):
+        image = letterbox(rgb(name), canvas)
+        (a,), (b,) = detect(faithful, [image]), detect(optimized, [image])
+        strong_a, strong_b = a[a[:, 0] >= 0.05], b[b[:, 0] >= 0.05]
+        assert strong_a.shape == strong_b.shape, name
+        np.testing.assert_allclose(strong_a, strong_b, rtol=0, atol=2e-5)
+
+
+def test_optimization_folds_every_normalization_layer() -> None:
+    faithful, optimized = face_ssd(300, optimized=False), face_ssd(300)
+    kinds = {type(module).__name__ for module in optimized.layers.values()}
+    assert kinds == {"Conv2d", "ChannelAffine", "CaffeNormalize"}
+    # 5 Conv->BatchNorm->Scale chains fold into their convolution, 5 BatchNorm->Scale pairs become one affine.
+    assert len(faithful.layers) - len(optimized.layers) == 15
+    assert optimized.optimize_for_inference() is optimized  # idempotent
