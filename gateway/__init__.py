@@ -16,7 +16,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from gateway.config import ConfigError, Settings
 from mediabot.logs import configure_logging
 
-__all__ = ["create_app"]
+__all__ = ["GatewayStartupError", "create_app"]
+
+class GatewayStartupError(RuntimeError):
+    """The gateway cannot start (bad configuration, unusable storage); the message says what to fix.
+
+    An Exception, not SystemExit, on purpose: gunicorn re-raises SystemExit from a booting worker, exits
+    that worker with status 1 and spawns another, forever; any other exception makes it print the message,
+    halt with "Worker failed to boot" and exit with status 3, which is what failing fast means there.
+    """
+
 
 # Twilio's webhook form is a few kB even with ten media URLs; anything near this is not Twilio.
 _MAX_FORM_BYTES = 256 * 1024
@@ -38,7 +47,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     try:
         settings = Settings.from_env(env)
     except ConfigError as error:
-        raise SystemExit(f"gateway: bad configuration: {error}") from None
+        raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
     # JSON lines on stdout, unless the host process already set logging up (pytest's capture, or
     # gunicorn --log-config): replacing its handlers would silently drop its records.
     if not logging.getLogger().handlers:
@@ -53,8 +62,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     try:
         app.extensions["mediabot"] = Services.from_settings(settings)
     except StoreStartupError as error:
-        # Fail fast, before the first webhook: gunicorn reports the worker failed to boot and exits non-zero.
-        raise SystemExit(f"gateway: storage: {error}") from None
+        # Fail fast, before the first webhook (e.g. MinIO unreachable, credentials refused).
+        raise GatewayStartupError(f"gateway: storage: {error}") from None
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
     return app

@@ -50,7 +50,10 @@ def encode(metadata: Mapping[str, object], overflow_key: str) -> tuple[dict[str,
             raise ValueError(f"metadata field {field!r} cannot be an S3 metadata header")
         name, text = header_name(field), encode_value(value)
         encoded.append((len(name) + len(text), name, text, value))
-    pointer = len(header_name(OVERFLOW_FIELD)) + len(encode_value(overflow_key))
+    # The pointer header costs room too, but only when something overflows.
+    pointer = 0
+    if sum(item[0] for item in encoded) > MAX_BYTES:
+        pointer = len(header_name(OVERFLOW_FIELD)) + len(encode_value(overflow_key))
     headers: dict[str, str] = {}
     overflow: dict[str, object] = {}
     used = 0

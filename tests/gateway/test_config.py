@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import create_app
+from gateway import GatewayStartupError, create_app
 from gateway.config import DEFAULT_MEDIA_HOSTS, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, ConfigError, Settings
 
 REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
+MINIO = {**REAL, "STORAGE": "minio", "MINIO_ENDPOINT": "minio:9000", "MINIO_ACCESS_KEY": "bot", "MINIO_SECRET_KEY": "s3cr3t"}
 
 
 def test_defaults() -> None:
@@ -33,6 +34,26 @@ def test_the_default_budget_leaves_room_inside_twilios_15_seconds() -> None:
     # The budget caps every download, retry pause and RPC; replying after it takes milliseconds.
     assert s.webhook_budget_s <= 12
     assert sum(s.media_404_retry_delays_s) + s.audio_rpc_timeout_s < s.webhook_budget_s
+
+
+def test_minio_settings() -> None:
+    s = Settings.from_env(MINIO)
+    assert s.storage == "minio"
+    assert (s.minio_endpoint, s.minio_access_key, s.minio_secret_key) == ("minio:9000", "bot", "s3cr3t")
+    assert (s.minio_bucket, s.minio_secure) == ("mediabot", True)
+    assert (s.minio_connect_timeout_s, s.minio_read_timeout_s, s.minio_retries) == (2.0, 5.0, 2)
+    assert "s3cr3t" not in repr(s)
+    s = Settings.from_env({
+        **MINIO, "MINIO_BUCKET": "my.media-bucket", "MINIO_SECURE": "0", "MINIO_CONNECT_TIMEOUT_S": "0.5",
+        "MINIO_READ_TIMEOUT_S": "30", "MINIO_RETRIES": "0", "MINIO_ENDPOINT": "[::1]:9000",
+    })
+    assert (s.minio_bucket, s.minio_secure, s.minio_endpoint) == ("my.media-bucket", False, "[::1]:9000")
+    assert (s.minio_connect_timeout_s, s.minio_read_timeout_s, s.minio_retries) == (0.5, 30.0, 0)
+
+
+def test_minio_variables_are_ignored_for_the_filesystem() -> None:
+    s = Settings.from_env({**REAL, "MINIO_ENDPOINT": "http://not checked", "MINIO_BUCKET": "NOT_CHECKED"})
+    assert (s.storage, s.minio_endpoint) == ("filesystem", "")
 
 
 def test_development_credentials_when_none_are_set() -> None:
@@ -76,8 +97,19 @@ def test_values_are_read() -> None:
     [
         ({"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16}, "TWILIO_AUTH_TOKEN"),
         ({**REAL, "TWILIO_ACCOUNT_SID": "not-a-sid"}, "TWILIO_ACCOUNT_SID"),
-        ({**REAL, "STORAGE": "minio"}, "STORAGE"),
         ({**REAL, "STORAGE": "s3"}, "STORAGE"),
+        ({**REAL, "STORAGE": "minio"}, "MINIO_ENDPOINT"),
+        ({**MINIO, "MINIO_ENDPOINT": "http://minio:9000"}, "MINIO_ENDPOINT"),
+        ({**MINIO, "MINIO_ENDPOINT": "minio:9000/bucket"}, "MINIO_ENDPOINT"),
+        ({**MINIO, "MINIO_ENDPOINT": "minio:port"}, "MINIO_ENDPOINT"),
+        ({**MINIO, "MINIO_SECRET_KEY": ""}, "MINIO_SECRET_KEY"),
+        ({**MINIO, "MINIO_ACCESS_KEY": ""}, "MINIO_ACCESS_KEY"),
+        ({**MINIO, "MINIO_BUCKET": "Media_Bot"}, "MINIO_BUCKET"),
+        ({**MINIO, "MINIO_BUCKET": "ab"}, "MINIO_BUCKET"),
+        ({**MINIO, "MINIO_BUCKET": "192.168.1.1"}, "MINIO_BUCKET"),
+        ({**MINIO, "MINIO_SECURE": "maybe"}, "MINIO_SECURE"),
+        ({**MINIO, "MINIO_READ_TIMEOUT_S": "0"}, "MINIO_READ_TIMEOUT_S"),
+        ({**MINIO, "MINIO_RETRIES": "-1"}, "MINIO_RETRIES"),
         ({**REAL, "PUBLIC_BASE_URL": "abc.ngrok.app"}, "PUBLIC_BASE_URL"),
         ({**REAL, "PUBLIC_BASE_URL": "https://abc.ngrok.app/whatsapp"}, "PUBLIC_BASE_URL"),
         ({**REAL, "TRUST_PROXY": "maybe"}, "TRUST_PROXY"),
@@ -97,6 +129,6 @@ def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], names: st
         Settings.from_env(env)
 
 
-def test_create_app_exits_with_the_message_on_bad_configuration(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="STORAGE"):
-        create_app({"STORAGE": "minio", "MEDIA_ROOT": tmp_path})
+def test_create_app_stops_with_the_message_on_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(GatewayStartupError, match="STORAGE"):
+        create_app({"STORAGE": "s3", "MEDIA_ROOT": tmp_path})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -32,13 +33,16 @@ def test_healthz_needs_nothing_else(make_gateway: Callable[..., Flask]) -> None:
 def test_readyz_names_the_dependency_that_is_down(gateway_app: Flask) -> None:
     response = gateway_app.test_client().get("/readyz")  # audio up, vision down
     assert response.status_code == 503
-    assert response.json == {"status": "not ready", "dependencies": {"audio": "SERVING", "vision": "UNAVAILABLE"}}
+    assert response.json == {
+        "status": "not ready",
+        "dependencies": {"audio": "SERVING", "vision": "UNAVAILABLE", "storage": "SERVING"},
+    }
 
 
 def test_readyz_with_everything_down(make_gateway: Callable[..., Flask]) -> None:
     response = make_gateway(HEALTH_CHECK_TIMEOUT_S="0.5").test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json["dependencies"] == {"audio": "UNAVAILABLE", "vision": "UNAVAILABLE"}
+    assert response.json["dependencies"] == {"audio": "UNAVAILABLE", "vision": "UNAVAILABLE", "storage": "SERVING"}
 
 
 def test_readyz_reports_a_service_that_answers_but_is_not_serving(
@@ -47,3 +51,10 @@ def test_readyz_reports_a_service_that_answers_but_is_not_serving(
     response = make_gateway(AUDIO_SERVICE_ADDR=audio_without_ffmpeg).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["dependencies"]["audio"] == "NOT_SERVING"
+
+
+def test_readyz_reports_storage_that_went_away(make_gateway: Callable[..., Flask], media_root: Path) -> None:
+    client = make_gateway().test_client()
+    assert client.get("/readyz").json["dependencies"]["storage"] == "SERVING"
+    media_root.rmdir()  # e.g. a volume unmounted under the running gateway
+    assert client.get("/readyz").json["dependencies"]["storage"] == "MISSING"
