@@ -1,0 +1,134 @@
+"""The stack `make run` starts (the Procfile under honcho), driven by the simulator as a person would.
+
+Nothing here is started in-process: Triton, the audio service, the vision service and the gateway under
+gunicorn run as the real processes of the Procfile, only moved to free loopback ports and a temp MEDIA_ROOT
+through the same environment variables a user would set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.simulate import send
+from tests.fixtures.audio import make_sample
+from tests.fixtures.photos import face_photo, no_face_photo
+
+ROOT = Path(__file__).resolve().parents[2]
+SENDER = "15551234567"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    media_root: Path
+    log: Path
+
+
+def _wait_ready(url: str, honcho: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if honcho.poll() is not None:
+            raise AssertionError(f"the stack exited early:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the stack was not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("stack")
+    triton_http, triton_grpc, triton_metrics = _free_port(), _free_port(), _free_port()
+    audio, vision, gateway = _free_port(), _free_port(), _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL"))},
+        "TRITON_HTTP_PORT": str(triton_http),
+        "TRITON_GRPC_PORT": str(triton_grpc),
+        "TRITON_METRICS_PORT": str(triton_metrics),
+        "TRITON_URL": f"127.0.0.1:{triton_grpc}",
+        "AUDIO_LISTEN": f"127.0.0.1:{audio}",
+        "AUDIO_SERVICE_ADDR": f"127.0.0.1:{audio}",
+        "VISION_LISTEN": f"127.0.0.1:{vision}",
+        "VISION_SERVICE_ADDR": f"127.0.0.1:{vision}",
+        "GATEWAY_PORT": str(gateway),
+        "MEDIA_ROOT": str(work / "media"),
+    }
+    log = work / "honcho.log"
+    with log.open("wb") as out:
+        honcho = subprocess.Popen(
+            [str(ROOT / ".venv/bin/honcho"), "start", "-f", "Procfile", "-e", os.devnull],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{gateway}/readyz", honcho, log, timeout_s=180)
+        yield Stack(url=f"http://127.0.0.1:{gateway}/whatsapp", media_root=work / "media", log=log)
+    finally:
+        # Ctrl-C, as a user stops `make run`: honcho forwards it and every process must exit.
+        os.killpg(honcho.pid, signal.SIGINT)
+        try:
+            honcho.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+            raise AssertionError(f"the stack did not stop on Ctrl-C:\n{log.read_text()[-4000:]}")
+
+
+def _stored(stack: Stack, kind: str) -> list[Path]:
+    folder = stack.media_root / "whatsapp" / SENDER / kind
+    return sorted(p for p in folder.glob("*") if p.suffix != ".json" and not p.name.startswith(".")) if folder.exists() else []
+
+
+def test_voice_note_is_saved_as_16k_wav_under_the_sender(stack: Stack, tmp_path: Path) -> None:
+    voice = make_sample("ogg_opus", tmp_path)
+    result = send([voice], from_number=f"+{SENDER}", url=stack.url)
+    assert result.status == 200, result.body
+    assert result.reply_text.startswith("Saved your voice message"), result.reply_text
+    [wav] = _stored(stack, "audio")
+    assert wav.suffix == ".wav" and result.message_sid in wav.name
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(wav)],
+        check=True, capture_output=True, text=True,
+    ).stdout)["streams"][0]
+    assert (probe["codec_name"], probe["sample_rate"], probe["channels"]) == ("pcm_s16le", "16000", 1)
+
+
+def test_photo_with_a_face_is_kept_and_one_without_is_not(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "face.jpg").write_bytes(face_photo())
+    (tmp_path / "cat.jpg").write_bytes(no_face_photo())
+    result = send([tmp_path / "face.jpg", tmp_path / "cat.jpg"], from_number=f"+{SENDER}", url=stack.url)
+    assert result.status == 200, result.body
+    assert "Saved your photo" in result.reply_text and "No face found" in result.reply_text, result.reply_text
+    [kept] = _stored(stack, "images")
+    assert kept.read_bytes() == face_photo()
+    assert kept.name.endswith(f"{result.message_sid}_0.jpg")
+
+
+def test_the_simulator_cli_prints_the_reply(stack: Stack, tmp_path: Path) -> None:
+    voice = make_sample("mp3", tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.simulate", "--from", "+15550001111", "--url", stack.url, str(voice)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Saved your voice message"), done.stdout
