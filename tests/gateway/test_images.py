@@ -165,7 +165,9 @@ def test_bad_photo_gets_a_clear_reply_and_nothing_is_stored(
 def test_readyz_is_ready_when_both_services_serve(vision_gateway: Flask) -> None:
     response = vision_gateway.test_client().get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "ready", "dependencies": {"audio": "SERVING", "vision": "SERVING"}}
+    assert response.json == {
+        "status": "ready", "dependencies": {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING"}
+    }
 
 
 @pytest.mark.slow
