@@ -108,3 +108,11 @@ def with_trained_geometry(deploy: caffe_pb2.NetParameter, trained: caffe_pb2.Net
         if ours.num_output != theirs.num_output or ours.bias_term != theirs.bias_term:
             raise ValueError(f"{layer.name}: deploy and trained nets disagree on the layer's outputs")
     return fixed
+
+
+def training_mean_bgr(trained: caffe_pb2.NetParameter) -> tuple[float, ...]:
+    """The per-channel mean the training data layer subtracted (BGR, as Caffe loads images)."""
+    for layer in trained.layer:
+        if layer.HasField("transform_param") and len(layer.transform_param.mean_value):
+            return tuple(float(v) for v in layer.transform_param.mean_value)
+    raise ValueError("the caffemodel's training net records no mean_value")

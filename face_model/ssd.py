@@ -37,9 +37,9 @@ from face_model.caffe_layers import (
 )
 from face_model.detection_output import DetectionOutputParams, detection_output
 
-# OpenCV's face detector sample subtracts (104, 177, 123), which is most likely a typo for the
-# (104, 117, 123) this model was trained with; the default is the latter until the accuracy
-# measurement on real photos decides (the mean is a Triton model parameter, MEAN_BGR).
+# The mean the network was trained with: the caffemodel's training data layer records it
+# (caffemodel.training_mean_bgr). OpenCV's face detector sample subtracts (104, 177, 123), a typo
+# that got widely copied; the accuracy measurement compares both (Triton model parameter MEAN_BGR).
 DEFAULT_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
 
 # Layer types whose output is a function of the blob shapes only, computed once at construction.

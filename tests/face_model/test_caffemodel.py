@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from face_model import caffe_pb2
-from face_model.caffemodel import blob_to_array, read_caffemodel, read_prototxt, read_weights, with_trained_geometry
+from face_model.caffemodel import (
+    blob_to_array,
+    read_caffemodel,
+    read_prototxt,
+    read_weights,
+    training_mean_bgr,
+    with_trained_geometry,
+)
+from face_model.ssd import DEFAULT_MEAN_BGR
 from tests.face_model.models import reference_files
 
 
@@ -43,3 +51,9 @@ def test_trained_geometry_differs_from_deploy_only_in_conv8_2_and_conv9_2_paddin
         if a != b
     }
     assert changed == {"conv8_2_h": ([1], [0]), "conv9_2_h": ([1], [0])}
+
+
+def test_the_caffemodel_records_the_training_mean_which_is_our_default() -> None:
+    """The training data layer subtracted (104, 117, 123): OpenCV's sample's 177 is a typo, not a choice."""
+    trained = read_caffemodel(reference_files().caffemodel)
+    assert training_mean_bgr(trained) == DEFAULT_MEAN_BGR == (104.0, 117.0, 123.0)
