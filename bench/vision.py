@@ -65,7 +65,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def start_service(triton_grpc: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "VISION_LISTEN": "127.0.0.1:0", "TRITON_URL": triton_grpc, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "VISION_LISTEN": "127.0.0.1:0", "TRITON_URL": triton_grpc, "LOG_LEVEL": "INFO"}
     with open(log_path, "wb") as log:  # a file, not a pipe: log lines must never block the service
         process = subprocess.Popen(
             [sys.executable, "-m", "vision_service"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
