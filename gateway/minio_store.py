@@ -362,20 +362,31 @@ class MinioStore:
             raise
         fields, overflow_key = s3_metadata.decode(stat.metadata or {})
         if overflow_key == overflow_object(key):
-            response = self._client.get_object(self._bucket, overflow_key)
-            try:
-                extra = json.loads(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-            if isinstance(extra, dict):
-                fields.update(extra)
+            fields.update(self._overflow(overflow_key))
         content_type = stat.content_type or ""
         size = int(stat.size or 0)
         return StoredObject(
             key=key, content_type=content_type, size=size,
             metadata={**fields, "key": key, "content_type": content_type, "size": size},
         )
+
+    def _overflow(self, name: str) -> dict[str, object]:
+        """The fields kept beside the media; none if that object was deleted by hand (the media still counts)."""
+        try:
+            response = self._client.get_object(self._bucket, name)
+        except S3Error as error:
+            if error.code == "NoSuchKey":
+                logger.warning("metadata object is missing", extra={"object": name.rsplit("/", 1)[-1]})
+                return {}
+            raise
+        try:
+            extra = json.loads(response.read())
+        except ValueError:
+            extra = None
+        finally:
+            response.close()
+            response.release_conn()
+        return extra if isinstance(extra, dict) else {}
 
     def _prove_conditional_writes(self) -> None:
         """Refuse to start on a server that ignores If-None-Match: the claim, and so idempotency, rests on it.
@@ -417,7 +428,8 @@ class MinioStore:
         try:
             yield
         except S3Error as error:
-            raise StoreUnavailable(f"could not {action} in {self._description}: {error.code}: {error.message}") from error
+            detail = f"{error.code}: {error.message}"
+            raise StoreUnavailable(f"could not {action} in {self._description}: {detail}") from error
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise StoreUnavailable(f"could not {action} in {self._description}: {_reason(error)}") from error
 

@@ -10,7 +10,9 @@ from gateway import GatewayStartupError, create_app
 from gateway.config import DEFAULT_MEDIA_HOSTS, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, ConfigError, Settings
 
 REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
-MINIO = {**REAL, "STORAGE": "minio", "MINIO_ENDPOINT": "minio:9000", "MINIO_ACCESS_KEY": "bot", "MINIO_SECRET_KEY": "s3cr3t"}
+MINIO = {
+    **REAL, "STORAGE": "minio", "MINIO_ENDPOINT": "minio:9000", "MINIO_ACCESS_KEY": "bot", "MINIO_SECRET_KEY": "s3cr3t",
+}
 
 
 def test_defaults() -> None:

@@ -110,7 +110,8 @@ def test_a_delivery_that_lost_the_claim_waits_for_the_winner(store: MinioStore) 
 
     thread = threading.Thread(target=winner_finishes)
     thread.start()
-    stored, created = store.put(REF, b"loser", content_type="audio/wav", metadata={}, received_at=WHEN + timedelta(seconds=2))
+    later = WHEN + timedelta(seconds=2)
+    stored, created = store.put(REF, b"loser", content_type="audio/wav", metadata={}, received_at=later)
     thread.join()
     assert (stored.key, created) == (key, False)
     assert store.get(key) == b"winner"

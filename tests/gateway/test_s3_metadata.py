@@ -23,7 +23,9 @@ def test_every_type_comes_back_as_it_went_in() -> None:
     assert decode(headers) == (metadata, None)
 
 
-@pytest.mark.parametrize("text", ["José", "李小龍", "😀", "a\x7fb", "line\nbreak\r", "\ttab", "  edges  ", '"q" \\'])
+@pytest.mark.parametrize(
+    "text", ["José", "李小龍", "😀", "a\x7fb", "line\nbreak\r", "\ttab", "  edges  ", '"q" \\']
+)
 def test_values_are_printable_ascii_and_decode_exactly(text: str) -> None:
     headers, _ = encode({"profile_name": text}, KEY)
     value = headers["x-amz-meta-profile-name"]
