@@ -80,6 +80,17 @@ def test_metadata_that_fits_needs_no_second_object(store: MinioStore) -> None:
     assert objects(store) == sorted([stored.key, claim_name(REF)])
 
 
+def test_large_objects_go_through_multipart_small_ones_in_one_put(store: MinioStore) -> None:
+    big, _ = store.put(MediaRef("15551234567", IMAGES, SID, 0), bytes(16 * 1024 * 1024), content_type="image/jpeg",
+                       metadata={"profile_name": "Ada"}, received_at=WHEN)
+    small, _ = store.put(REF, b"RIFF", content_type="audio/wav", metadata={}, received_at=WHEN)
+    # S3 ETags of multipart uploads end in -<number of parts>: 16 MiB in parts of PART_SIZE (8 MiB).
+    big_stat = store.client.stat_object(store.bucket, big.key)
+    assert (big_stat.etag or "").endswith("-2")
+    assert "-" not in (store.client.stat_object(store.bucket, small.key).etag or "")
+    assert s3_metadata.decode(big_stat.metadata)[0]["profile_name"] == "Ada"  # metadata set on multipart too
+
+
 # -- the claim ------------------------------------------------------------------------------------------------
 
 
