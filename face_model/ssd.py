@@ -108,14 +108,12 @@ class FaceSSD(nn.Module):
         self._steps: list[_Step] = []
         shapes: dict[str, tuple[int, ...]] = {self.input_blob: (3, *self.canvas_hw)}
         constants: dict[str, np.ndarray] = {}
-        self._layer_types: dict[str, str] = {}
         self.detection_params: DetectionOutputParams | None = None
         self._detection_inputs: tuple[str, str, str] | None = None
 
         for layer in net.layer:
             if not _is_in_test_phase(layer):
                 continue
-            self._layer_types[layer.name] = layer.type
             self._add_layer(layer, shapes, constants)
 
         if self.detection_params is None or self._detection_inputs is None:
@@ -263,8 +261,9 @@ class FaceSSD(nn.Module):
         runs ReLUs in place where Caffe does, and switches to channels-last memory (what oneDNN prefers).
 
         Same results within float rounding (the tests hold the served model to OpenCV as tightly as the
-        faithful one); roughly halves CPU time. Call after the weights are loaded; ``state_dict`` keys
-        change, so artifacts always store the unoptimized weights.
+        faithful one), for about a fifth less CPU time (51 -> 43 ms single-threaded at 300x300 on the
+        dev machine). Call after the weights are loaded; ``state_dict`` keys change, so artifacts
+        always store the unoptimized weights.
         """
         if self.optimized:
             return self
