@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto proto-check model run test bench bench-audio bench-vision clean
+.PHONY: help venv proto model run test bench bench-audio bench-vision accuracy deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
@@ -15,6 +15,8 @@ help:
 	@echo "make proto        regenerate the gRPC code from protos/"
 	@echo "make model        build the Triton face model artifact into model_repository/"
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
+	@echo "make accuracy     face/no-face precision and recall on the photo set"
+	@echo "make up           the whole system under docker compose (make up-gpu, make up-ngrok, make down)"
 
 venv: $(INSTALLED)
 
@@ -27,6 +29,8 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -e '.[gateway,audio,vision,model,dev]'
 	# Only its tritonserver binary and python backend are used; its own Python deps pin numpy<2, which nothing here needs.
 	$(PY) -m pip install --no-deps nvidia-pytriton==0.7.0
+	# Test photos only (people, crowds, small faces): their bundled sample images are read, the packages never imported.
+	$(PY) -m pip install --no-deps ultralytics==8.4.190 insightface==2.1
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -52,6 +56,35 @@ bench-audio: $(INSTALLED)
 
 bench-vision: $(INSTALLED) model
 	$(PY) -m bench.vision
+
+# Precision/recall of the face decision on the photo set, per canvas, mean and threshold (README, "Accuracy").
+accuracy: $(INSTALLED) model
+	$(PY) -m bench.accuracy
+
+# Static checks of Dockerfiles, compose and k8s (also part of `make test`).
+deploy-check: $(INSTALLED)
+	$(PY) -m pytest tests/deploy -q
+
+# Regenerate the images' hash-locked requirements after changing pyproject.toml.
+lock: $(INSTALLED)
+	sh requirements/lock.sh
+
+.env:
+	cp .env.example .env
+	sed -i -e "s/^#MINIO_ACCESS_KEY=/MINIO_ACCESS_KEY=/" \
+	  -e "s/^#MINIO_SECRET_KEY=.*/MINIO_SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')/" .env
+
+up: .env
+	docker compose up -d --build --wait
+
+up-gpu: .env
+	docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build --wait
+
+up-ngrok: .env
+	docker compose --profile ngrok up -d --build --wait
+
+down:
+	docker compose --profile ngrok down
 
 clean:
 	rm -rf .triton .pytest_cache bench/out
