@@ -98,6 +98,16 @@ class Settings:
     webhook_budget_s: float
     log_level: str
     gateway_port: int
+    # Durable intake (gateway.spool, gateway.worker): where verified webhooks wait until processed, and how
+    # the background worker retries them (exponential backoff with jitter between these bounds).
+    spool_dir: Path = Path("./data/spool")
+    spool_retry_base_s: float = 1.0
+    spool_retry_max_s: float = 60.0
+    # After this long an entry still failing is moved to SPOOL_DIR/failed/ for a person to look at.
+    spool_give_up_after_s: float = 24 * 3600.0
+    # How often the worker looks for due entries, and the time one background attempt may take.
+    spool_poll_s: float = 1.0
+    spool_attempt_budget_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,9 +168,17 @@ class Settings:
             webhook_budget_s=_float(get("WEBHOOK_BUDGET_S"), "WEBHOOK_BUDGET_S", 12.0),
             log_level=log_level,
             gateway_port=port,
+            spool_dir=Path(get("SPOOL_DIR") or "./data/spool"),
+            spool_retry_base_s=_float(get("SPOOL_RETRY_BASE_S"), "SPOOL_RETRY_BASE_S", 1.0),
+            spool_retry_max_s=_float(get("SPOOL_RETRY_MAX_S"), "SPOOL_RETRY_MAX_S", 60.0),
+            spool_give_up_after_s=_float(get("SPOOL_GIVE_UP_AFTER_S"), "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
+            spool_poll_s=_float(get("SPOOL_POLL_S"), "SPOOL_POLL_S", 1.0),
+            spool_attempt_budget_s=_float(get("SPOOL_ATTEMPT_BUDGET_S"), "SPOOL_ATTEMPT_BUDGET_S", 30.0),
         )
         if settings.webhook_budget_s >= 15:
             raise ConfigError("WEBHOOK_BUDGET_S must stay below Twilio's 15 s webhook timeout")
+        if settings.spool_retry_max_s < settings.spool_retry_base_s:
+            raise ConfigError("SPOOL_RETRY_MAX_S must be at least SPOOL_RETRY_BASE_S")
         return settings
 
     def log_development_warning(self) -> None:
