@@ -65,12 +65,12 @@ class Settings:
     public_base_url: str
     trust_proxy: bool
     twilio_account_sid: str
-    twilio_auth_token: str
+    twilio_auth_token: str = field(repr=False)
     # True when the two values above are DEV_ACCOUNT_SID / DEV_AUTH_TOKEN because none were configured.
     dev_credentials: bool
     # Secret of a Twilio webhook SharedKey (Webhook Rules, public beta): used only for requests that carry
     # X-Twilio-Webhooks-Signature-Settings; empty means such requests are refused.
-    twilio_webhook_shared_key: str
+    twilio_webhook_shared_key: str = field(repr=False)
     media_host_allowlist: frozenset[str]
     audio_service_addr: str
     vision_service_addr: str
@@ -108,6 +108,15 @@ class Settings:
     # How often the worker looks for due entries, and the time one background attempt may take.
     spool_poll_s: float = 1.0
     spool_attempt_budget_s: float = 30.0
+    # Security (issue 6): allowlisted media hosts whose name resolves to a private, loopback or link-local
+    # address are refused unless this is set (SSRF via DNS); hosts written as loopback names are exempt.
+    media_allow_private_addresses: bool = False
+    # TLS to the audio and vision services (mediabot.grpc_tls): a CA file turns it on; cert+key add mTLS.
+    grpc_tls_ca_file: str = ""
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = field(default="", repr=False)
+    # Attempts per gRPC call (1 = no retry) when the service answers UNAVAILABLE, via gRPC's retry policy.
+    grpc_max_attempts: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -174,7 +183,17 @@ class Settings:
             spool_give_up_after_s=_float(get("SPOOL_GIVE_UP_AFTER_S"), "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
             spool_poll_s=_float(get("SPOOL_POLL_S"), "SPOOL_POLL_S", 1.0),
             spool_attempt_budget_s=_float(get("SPOOL_ATTEMPT_BUDGET_S"), "SPOOL_ATTEMPT_BUDGET_S", 30.0),
+            media_allow_private_addresses=_bool(
+                get("MEDIA_ALLOW_PRIVATE_ADDRESSES"), "MEDIA_ALLOW_PRIVATE_ADDRESSES", False
+            ),
+            grpc_tls_ca_file=get("GRPC_TLS_CA_FILE") or "",
+            grpc_tls_cert_file=get("GRPC_TLS_CERT_FILE") or "",
+            grpc_tls_key_file=get("GRPC_TLS_KEY_FILE") or "",
+            grpc_max_attempts=_int(get("GRPC_MAX_ATTEMPTS"), "GRPC_MAX_ATTEMPTS", 3, minimum=1),
         )
+        if settings.grpc_max_attempts > 5:
+            # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.
+            raise ConfigError(f"GRPC_MAX_ATTEMPTS must be 1-5 (gRPC's own cap), got {settings.grpc_max_attempts}")
         if settings.webhook_budget_s >= 15:
             raise ConfigError("WEBHOOK_BUDGET_S must stay below Twilio's 15 s webhook timeout")
         if settings.spool_retry_max_s < settings.spool_retry_base_s:
