@@ -37,12 +37,14 @@ def test_build_writes_a_cpu_and_a_gpu_configuration(tmp_path: Path) -> None:
     gpu = _parse(model / "configs" / "gpu.pbtxt")
     assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     assert [g.kind for g in gpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
-    assert cpu.parameters["NUM_THREADS"].string_value == "4"
+    # 4 CPUs shared by the instances, each single-threaded torch.
+    threads = str(4 // original.instance_group[0].count)
+    assert cpu.parameters["NUM_THREADS"].string_value == threads
 
     expected = model_config_pb2.ModelConfig()
     expected.CopyFrom(original)
-    expected.parameters["NUM_THREADS"].string_value = "4"
-    assert cpu == expected, "only NUM_THREADS is added to config.pbtxt"
+    expected.parameters["NUM_THREADS"].string_value = threads
+    assert cpu == expected, "only NUM_THREADS changes in config.pbtxt"
     gpu.instance_group[0].kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert gpu == cpu, "configs/gpu.pbtxt differs from config.pbtxt in the instance kind alone"
     assert gpu.name == "face_detector"
@@ -59,9 +61,10 @@ def test_selected_config_name_is_the_one_the_manifests_ask_for() -> None:
     ("edit", "message"),
     [
         (lambda text: text.replace("kind: KIND_CPU", "kind: KIND_GPU"), "exactly one 'kind: KIND_CPU'"),
-        (lambda text: text + '\nparameters {\n  key: "NUM_THREADS"\n  value { string_value: "2" }\n}\n', "already sets NUM_THREADS"),
+        (lambda text: text + '\nparameters {\n  key: "NUM_THREADS"\n  value { string_value: "2" }\n}\n', "NUM_THREADS parameter exactly once"),
+        (lambda text: text.replace("count: 2", "count: 0"), "one positive 'count'"),
     ],
-    ids=["already-gpu", "threads-already-set"],
+    ids=["already-gpu", "threads-set-twice", "no-instances"],
 )
 def test_build_stops_on_a_config_it_does_not_expect(tmp_path: Path, edit, message: str) -> None:
     model = _copy_model(tmp_path)
