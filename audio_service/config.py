@@ -36,6 +36,12 @@ class Settings:
     ffmpeg: str = "ffmpeg"
     # Where the per-call private temp directories are made; None means the system's (TMPDIR).
     tmp_dir: str | None = None
+    # Prometheus /metrics on this port (same host as ``listen``); 0 = no metrics server.
+    metrics_port: int = 0
+    # TLS on the gRPC port (see mediabot.grpc_tls): PEM paths; "" = plaintext. A client CA turns on mTLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @property
     def max_concurrent_rpcs(self) -> int:
@@ -56,7 +62,13 @@ class Settings:
             log_level=_text(env, "LOG_LEVEL", defaults.log_level).upper(),
             ffmpeg=_text(env, "AUDIO_FFMPEG", defaults.ffmpeg),
             tmp_dir=env.get("AUDIO_TMP_DIR") or None,
+            metrics_port=_int(env, "AUDIO_METRICS_PORT", defaults.metrics_port, minimum=0),
+            tls_cert_file=env.get("AUDIO_TLS_CERT_FILE", "").strip(),
+            tls_key_file=env.get("AUDIO_TLS_KEY_FILE", "").strip(),
+            tls_client_ca_file=env.get("AUDIO_TLS_CLIENT_CA_FILE", "").strip(),
         )
+        if settings.metrics_port > 65535:
+            raise ConfigError(f"AUDIO_METRICS_PORT must be a TCP port (0 = off), got {settings.metrics_port}")
         if ":" not in settings.listen:
             raise ConfigError(f"AUDIO_LISTEN must be host:port, got {settings.listen!r}")
         if settings.log_level not in _LOG_LEVELS:

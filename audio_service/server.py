@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audio_service import limits
+from audio_service.metrics import interceptors, start_metrics_server
 from audio_service.config import ConfigError, Settings
 from audio_service.convert import (
     AudioConverter,
@@ -26,6 +27,7 @@ from audio_service.convert import (
     UnsupportedOutput,
     find_ffmpeg,
 )
+from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
 from mediabot.logs import configure_logging
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 
@@ -143,6 +145,7 @@ def _build(settings: Settings) -> tuple[grpc.Server, int, health.HealthServicer]
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="audio-rpc"),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=limits.server_options(settings.max_input_bytes, settings.max_duration_s),
+        interceptors=interceptors(),
     )
     audio_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(converter), server)
 
@@ -154,7 +157,10 @@ def _build(settings: Settings) -> tuple[grpc.Server, int, health.HealthServicer]
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
 
-    port = server.add_insecure_port(settings.listen)
+    credentials = server_credentials(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, prefix="AUDIO"
+    )
+    port = add_port(server, settings.listen, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind the audio service to {settings.listen}")
 
@@ -180,11 +186,18 @@ def serve() -> None:
     except ConfigError as exc:
         raise SystemExit(f"audio service: bad configuration: {exc}") from None
     configure_logging("audio", settings.log_level)
-    server, port, health_servicer = _build(settings)
+    try:
+        server, port, health_servicer = _build(settings)
+    except TlsConfigError as exc:
+        raise SystemExit(f"audio service: bad configuration: {exc}") from None
     server.start()
+    if settings.metrics_port:
+        metrics_server = start_metrics_server(settings.listen, settings.metrics_port)
+        logger.info("audio metrics listening", extra={"metrics_port": metrics_server.server_port})
     logger.info(
         "audio service listening",
-        extra={"listen": settings.listen, "port": port, "workers": settings.workers,
+        extra={"listen": settings.listen, "port": port, "tls": bool(settings.tls_cert_file),
+               "mtls": bool(settings.tls_client_ca_file), "workers": settings.workers,
                "max_input_bytes": settings.max_input_bytes, "max_duration_s": settings.max_duration_s},
     )
 

@@ -39,9 +39,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     configuration the real service would refuse.
     """
     # Imported here so `import gateway.config` (the simulator) does not pull in the whole app.
-    from gateway import health, webhook
+    from gateway import health, metrics, webhook
     from gateway.services import Services
     from gateway.store import StoreStartupError
+    from mediabot.grpc_tls import TlsConfigError
 
     env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
     try:
@@ -64,6 +65,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     except StoreStartupError as error:
         # Fail fast, before the first webhook (e.g. MinIO unreachable, credentials refused).
         raise GatewayStartupError(f"gateway: storage: {error}") from None
+    except TlsConfigError as error:
+        raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     return app

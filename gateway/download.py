@@ -4,6 +4,12 @@ Twilio's MediaUrl{N} (on api.twilio.com) wants HTTP basic auth with the account 
 redirects to a short-lived URL on its CDN. The credentials must reach Twilio and nobody else, so:
 - every URL, and every redirect hop before it is followed, must be on the host allowlist, over https
   (plain http only to loopback hosts, which is where the simulator and the tests serve media);
+- an allowlisted name must also resolve to public addresses only (no private, loopback, link-local or
+  reserved ones; MEDIA_ALLOW_PRIVATE_ADDRESSES=1 lifts this for an internal mirror), so a DNS record
+  pointed at 10.0.0.1 or 169.254.169.254 cannot turn the allowlist into a way in; only hosts written as
+  loopback (localhost, 127.0.0.1, ::1: the simulator and the tests) are exempt. The check runs before each
+  hop, not on the connection itself, so a DNS answer that changes between the two (rebinding) is not
+  covered; an egress NetworkPolicy (k8s/) is the layer that closes that;
 - the credentials are attached to the first request only; on a redirect to another host requests'
   ``Session.rebuild_auth`` drops the Authorization header (``should_strip_auth``), and with
   ``trust_env`` off it adds nothing back from ~/.netrc either (tests/gateway checks this on the wire).
@@ -14,7 +20,9 @@ webhook budget, so a slow or huge download can neither stall the reply nor fill 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,12 +85,35 @@ def check_url(url: str, allowlist: frozenset[str]) -> None:
         raise DownloadError(Failure.DISALLOWED_URL, f"plain http to {host!r}; only https leaves this machine")
 
 
+def vet_url(url: str, allowlist: frozenset[str], *, allow_private: bool) -> None:
+    """check_url, then (unless ``allow_private``) the DNS check: run before every request and redirect hop."""
+    check_url(url, allowlist)
+    host = (urlsplit(url).hostname or "").lower()
+    if not allow_private and not is_loopback_host(host):
+        check_resolves_public(host)
+
+
+def check_resolves_public(host: str) -> None:
+    """Refuse a host that resolves to any address that is not globally routable."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise DownloadError(Failure.CONNECTION, f"cannot resolve {host!r}") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not address.is_global:
+            raise DownloadError(
+                Failure.DISALLOWED_URL, f"host {host!r} resolves to a non-public address ({address})"
+            )
+
+
 class _AllowlistedSession(requests.Session):
     """A Session that vets each redirect target before requests follows it."""
 
-    def __init__(self, allowlist: frozenset[str]) -> None:
+    def __init__(self, allowlist: frozenset[str], allow_private: bool) -> None:
         super().__init__()
         self._allowlist = allowlist
+        self._allow_private = allow_private
         self.max_redirects = _MAX_REDIRECTS
         # No proxies or ~/.netrc credentials from the environment: nothing but our own auth, to our own hosts.
         self.trust_env = False
@@ -91,7 +122,7 @@ class _AllowlistedSession(requests.Session):
         target = super().get_redirect_target(resp)
         if target is not None:
             try:
-                check_url(urljoin(resp.url, target), self._allowlist)
+                vet_url(urljoin(resp.url, target), self._allowlist, allow_private=self._allow_private)
             except DownloadError:
                 resp.close()
                 raise
@@ -111,6 +142,7 @@ class MediaDownloader:
         connect_timeout_s: float,
         read_timeout_s: float,
         retry_delays_s: Iterable[float],
+        allow_private: bool = False,
     ) -> None:
         self._auth = (account_sid, auth_token)
         self._allowlist = allowlist
@@ -118,7 +150,8 @@ class MediaDownloader:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._retry_delays_s = tuple(retry_delays_s)
-        self._session = _AllowlistedSession(allowlist)
+        self._allow_private = allow_private
+        self._session = _AllowlistedSession(allowlist, allow_private)
 
     def close(self) -> None:
         self._session.close()
@@ -130,7 +163,7 @@ class MediaDownloader:
         allows: WhatsApp media can 404 for a moment right after the webhook arrives. Other failures are
         final; Twilio itself does not resend a webhook we answered.
         """
-        check_url(url, self._allowlist)
+        vet_url(url, self._allowlist, allow_private=self._allow_private)
         delays = iter(self._retry_delays_s)
         attempt = 0
         while True:

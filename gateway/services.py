@@ -6,6 +6,7 @@ fork, without --preload) gets its own gRPC channels and connection pool, and tes
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -15,7 +16,8 @@ from gateway.download import MediaDownloader
 from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
 from gateway.store import Store, open_store
-from mediabot.v1 import audio_pb2_grpc, vision_pb2_grpc
+from mediabot.grpc_tls import channel_credentials
+from mediabot.v1 import audio_pb2, audio_pb2_grpc, vision_pb2, vision_pb2_grpc
 
 # gRPC refuses messages over 4 MiB by default. Requests carry a whole media file (up to MAX_MEDIA_BYTES)
 # plus a few small fields; the audio service answers with up to a 15-minute 16 kHz mono WAV (about 29 MB).
@@ -23,11 +25,56 @@ _REQUEST_OVERHEAD_BYTES = 64 * 1024
 _MAX_AUDIO_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
-def _channel_options(max_request_bytes: int, max_response_bytes: int) -> list[tuple[str, int]]:
+_AUDIO_SERVICE = audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
+_VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+_HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def service_config(service: str, max_attempts: int) -> str:
+    """gRPC service config: retry UNAVAILABLE (a restarting service, a refused connection) a bounded number
+    of times with exponential backoff, inside the call's own deadline.
+
+    Only UNAVAILABLE: it means the request was not processed, and both RPCs are pure functions of their
+    input anyway, so a retry cannot do anything twice. DEADLINE_EXCEEDED and the input errors are final.
+    """
+    policy = {
+        "maxAttempts": max_attempts,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    methods = [{"service": service}, {"service": _HEALTH_SERVICE}]
+    return json.dumps({"methodConfig": [{"name": methods, "retryPolicy": policy}]}) if max_attempts > 1 else "{}"
+
+
+def _channel_options(
+    service: str, max_request_bytes: int, max_response_bytes: int, max_attempts: int
+) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_send_message_length", max_request_bytes),
         ("grpc.max_receive_message_length", max_response_bytes),
+        ("grpc.service_config", service_config(service, max_attempts)),
+        # Our config wins over one a resolver (DNS TXT) might offer.
+        ("grpc.service_config_disable_resolution", 1),
+        # gRPC keeps a request for retrying only while it fits this buffer (default 256 KiB), so without it
+        # a photo or voice note would silently lose its retries.
+        ("grpc.per_rpc_retry_buffer_size", max_request_bytes),
+        ("grpc.retry_buffer_size", 4 * max_request_bytes),
     ]
+
+
+def make_channel(
+    settings: Settings, addr: str, service: str, max_request_bytes: int, max_response_bytes: int
+) -> grpc.Channel:
+    """One long-lived channel to ``addr``: TLS when GRPC_TLS_CA_FILE is set, plaintext otherwise."""
+    options = _channel_options(service, max_request_bytes, max_response_bytes, settings.grpc_max_attempts)
+    credentials = channel_credentials(
+        settings.grpc_tls_ca_file, settings.grpc_tls_cert_file, settings.grpc_tls_key_file, prefix="GRPC"
+    )
+    if credentials is None:
+        return grpc.insecure_channel(addr, options=options)
+    return grpc.secure_channel(addr, credentials, options=options)
 
 
 @dataclass
@@ -51,14 +98,15 @@ class Services:
             connect_timeout_s=settings.download_connect_timeout_s,
             read_timeout_s=settings.download_read_timeout_s,
             retry_delays_s=settings.media_404_retry_delays_s,
+            allow_private=settings.media_allow_private_addresses,
         )
         max_request = settings.max_media_bytes + _REQUEST_OVERHEAD_BYTES
-        audio_channel = grpc.insecure_channel(
-            settings.audio_service_addr, options=_channel_options(max_request, _MAX_AUDIO_RESPONSE_BYTES)
+        audio_channel = make_channel(
+            settings, settings.audio_service_addr, _AUDIO_SERVICE, max_request, _MAX_AUDIO_RESPONSE_BYTES
         )
         # A DetectFacesResponse is a few hundred bytes; gRPC's default receive limit is plenty.
-        vision_channel = grpc.insecure_channel(
-            settings.vision_service_addr, options=_channel_options(max_request, 4 * 1024 * 1024)
+        vision_channel = make_channel(
+            settings, settings.vision_service_addr, _VISION_SERVICE, max_request, 4 * 1024 * 1024
         )
         processor = MediaProcessor(
             downloader=downloader,

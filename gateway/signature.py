@@ -25,6 +25,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
+from gateway import metrics
 from gateway.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def twilio_signature_required(view: F) -> F:
                 "signature rejected",
                 extra={"reason": reason, "path": request.path, "remote_addr": request.remote_addr},
             )
+            metrics.record_webhook("bad_signature")
             return Response("Invalid Twilio signature.\n", status=403, mimetype="text/plain")
         return view(*args, **kwargs)
 

@@ -45,6 +45,12 @@ class Settings:
     # Seconds SIGTERM leaves in-flight calls to finish.
     grace_s: float = 10.0
     log_level: str = "INFO"
+    # Prometheus /metrics on this port (same host as ``listen``); 0 = no metrics server.
+    metrics_port: int = 0
+    # TLS on the gRPC port (see mediabot.grpc_tls): PEM paths; "" = plaintext. A client CA turns on mTLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @property
     def max_concurrent_rpcs(self) -> int:
@@ -60,7 +66,7 @@ class Settings:
         """Read the environment (or ``environ``); raise ConfigError naming the variable on any bad value."""
         env = os.environ if environ is None else environ
         defaults = cls()
-        return cls(
+        settings = cls(
             listen=_address(env, "VISION_LISTEN", defaults.listen),
             triton_url=_address(env, "TRITON_URL", defaults.triton_url),
             triton_model=_nonempty(env, "TRITON_MODEL", defaults.triton_model),
@@ -73,7 +79,14 @@ class Settings:
             max_queued=_number(env, "VISION_MAX_QUEUED", defaults.max_queued, int, minimum=0),
             grace_s=_number(env, "VISION_GRACE_S", defaults.grace_s, float, minimum=0.0),
             log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
+            metrics_port=_number(env, "VISION_METRICS_PORT", defaults.metrics_port, int, minimum=0),
+            tls_cert_file=_raw(env, "VISION_TLS_CERT_FILE") or "",
+            tls_key_file=_raw(env, "VISION_TLS_KEY_FILE") or "",
+            tls_client_ca_file=_raw(env, "VISION_TLS_CLIENT_CA_FILE") or "",
         )
+        if settings.metrics_port > 65535:
+            raise ConfigError(f"VISION_METRICS_PORT={settings.metrics_port}: expected a TCP port (0 = off)")
+        return settings
 
 
 def _raw(env: Mapping[str, str], name: str) -> str | None:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
+from mediabot.grpc_tls import add_port, server_credentials
 from mediabot.logs import configure_logging
 from mediabot.v1 import vision_pb2, vision_pb2_grpc
 from vision_service.config import Settings
@@ -26,6 +27,7 @@ from vision_service.errors import (
     ImageTooLarge,
     InvalidImage,
 )
+from vision_service.metrics import interceptors, start_metrics_server
 from vision_service.pipeline import Limits, find_faces
 
 logger = logging.getLogger("vision_service")
@@ -242,6 +244,7 @@ def create_server(settings: Settings, detector: TritonDetector | None = None) ->
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="vision"),
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=interceptors(),
     )
     health_servicer = health.HealthServicer()
     watcher = HealthWatcher(detector, health_servicer, ["", SERVICE_NAME])
@@ -250,7 +253,10 @@ def create_server(settings: Settings, detector: TritonDetector | None = None) ->
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(settings.listen)
+    credentials = server_credentials(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, prefix="VISION"
+    )
+    port = add_port(server, settings.listen, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
     return VisionServer(server, watcher, detector, owns_detector), port
@@ -262,6 +268,9 @@ def serve(settings: Settings | None = None) -> None:
     configure_logging("vision", settings.log_level)
     server, port = create_server(settings)
     server.start()
+    if settings.metrics_port:
+        metrics_server = start_metrics_server(settings.listen, settings.metrics_port)
+        logger.info("vision metrics listening", extra={"metrics_port": metrics_server.server_port})
     logger.info(
         "vision service listening",
         extra={"listen": settings.listen, "port": port, "triton_url": settings.triton_url, "model": settings.triton_model},

@@ -1,0 +1,185 @@
+"""What the gateway is doing, in Prometheus metrics: GET /metrics.
+
+Under gunicorn every worker is its own process with its own counters, and a scrape reaches only one of
+them. prometheus-client's multiprocess mode is the library's answer: when PROMETHEUS_MULTIPROC_DIR is set
+(an empty, writable directory, wiped before gunicorn starts), every worker writes its values to mmap'd
+files there and /metrics, in whichever worker answers, sums them all. Without the variable (tests, the
+Flask dev server) the process's default registry is served as it is.
+
+The spool belongs to the durable-intake code: it registers a callback with ``set_spool_probe`` and the
+two spool gauges are read from it at scrape time (a directory listing, so any worker reports the same).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from flask import Blueprint, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+bp = Blueprint("metrics", __name__)
+
+# Final (or, for "retried", provisional) outcome of one media item, in the words of issue 6:
+# saved: a new object stored; duplicate: a replay found the object already stored; no_face: a photo with no
+# face (final, nothing stored); rejected: the input is not something we keep (undecodable, unsupported type,
+# too large, disallowed URL); retried: handed to the background worker to try again; failed: given up.
+OUTCOMES = ("saved", "duplicate", "no_face", "rejected", "retried", "failed")
+MEDIA_TYPES = ("audio", "image", "other")
+STAGES = ("download", "convert", "detect", "store")
+
+# The processing outcome words (gateway.processing.ItemResult.outcome) -> the categories above, for a
+# result that is final. Transient ones (unavailable, store_failed, out_of_time, error) are "retried" when the
+# worker will try again and "failed" when it will not: the caller says which (see ``outcome_category``).
+_FINAL = {
+    "saved": "saved",
+    "already_saved": "duplicate",
+    "no_face": "no_face",
+    "rejected": "rejected",
+    "unsupported": "rejected",
+    "download_failed": "rejected",
+}
+
+WEBHOOKS = Counter(
+    "mediabot_gateway_webhooks_total",
+    "Webhook requests by result: media, text_only, invalid (a signed form we cannot act on), bad_signature.",
+    ["result"],
+)
+MEDIA_RECEIVED = Counter(
+    "mediabot_gateway_media_received_total", "Media items in verified webhooks, by type.", ["media_type"]
+)
+MEDIA_OUTCOMES = Counter(
+    "mediabot_gateway_media_outcomes_total", "Media items by outcome and type.", ["outcome", "media_type"]
+)
+STAGE_SECONDS = Histogram(
+    "mediabot_gateway_stage_seconds",
+    "Latency of one step of one media item: download (from Twilio), convert (audio RPC), detect (vision RPC), "
+    "store (the object write).",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0),
+)
+WEBHOOK_SECONDS = Histogram(
+    "mediabot_gateway_webhook_seconds",
+    "Time from a webhook's arrival to its reply (Twilio gives up at 15 s).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0),
+)
+
+# Pre-create the labelled children so a scrape shows zeros instead of missing series before the first event.
+for _outcome in OUTCOMES:
+    for _media_type in MEDIA_TYPES:
+        MEDIA_OUTCOMES.labels(_outcome, _media_type)
+for _media_type in MEDIA_TYPES:
+    MEDIA_RECEIVED.labels(_media_type)
+for _stage in STAGES:
+    STAGE_SECONDS.labels(_stage)
+
+
+def media_type_of(content_type: str) -> str:
+    """The ``media_type`` label for a declared content type (a bounded set: labels must not explode)."""
+    if content_type.startswith("audio/"):
+        return "audio"
+    if content_type.startswith("image/"):
+        return "image"
+    return "other"
+
+
+def outcome_category(item_outcome: str, *, will_retry: bool) -> str:
+    """The ``outcome`` label for a processing outcome word; transient failures become retried or failed."""
+    final = _FINAL.get(item_outcome)
+    if final is not None:
+        return final
+    return "retried" if will_retry else "failed"
+
+
+def record_received(content_type: str) -> None:
+    MEDIA_RECEIVED.labels(media_type_of(content_type)).inc()
+
+
+def record_outcome(outcome: str, content_type: str) -> None:
+    """Count one media item's outcome (one of OUTCOMES); raises ValueError on another word, to catch typos."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
+    MEDIA_OUTCOMES.labels(outcome, media_type_of(content_type)).inc()
+
+
+def record_webhook(result: str) -> None:
+    WEBHOOKS.labels(result).inc()
+
+
+@contextmanager
+def stage_timer(stage: str) -> Iterator[None]:
+    """``with stage_timer("download"): ...`` observes the block's duration, exceptions included."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    with STAGE_SECONDS.labels(stage).time():
+        yield
+
+
+def webhook_timer() -> object:
+    """A context manager timing one webhook from arrival to reply."""
+    return WEBHOOK_SECONDS.time()
+
+
+# -- the spool, read at scrape time ---------------------------------------------------------------------
+
+# () -> (items waiting, age in seconds of the oldest, 0 when empty). Set once by the spool's owner.
+SpoolProbe = Callable[[], tuple[int, float]]
+_spool_probe: SpoolProbe | None = None
+_probe_lock = threading.Lock()
+
+
+def set_spool_probe(probe: SpoolProbe | None) -> None:
+    """Register how to read the spool; until then the spool gauges are absent (not a misleading 0)."""
+    global _spool_probe
+    with _probe_lock:
+        _spool_probe = probe
+
+
+class _SpoolCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with _probe_lock:
+            probe = _spool_probe
+        if probe is None:
+            return
+        depth, oldest_age_s = probe()
+        yield GaugeMetricFamily("mediabot_gateway_spool_depth", "Webhooks spooled and not yet done.", value=depth)
+        yield GaugeMetricFamily(
+            "mediabot_gateway_spool_oldest_age_seconds",
+            "Age of the oldest spooled webhook (0 when the spool is empty).",
+            value=oldest_age_s,
+        )
+
+
+_SPOOL_COLLECTOR = _SpoolCollector()
+
+
+def registry() -> CollectorRegistry:
+    """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The documented pattern: a fresh registry per scrape, fed by the files of all workers.
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape)
+        scrape.register(_SPOOL_COLLECTOR)
+        return scrape
+    return REGISTRY
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    REGISTRY.register(_SPOOL_COLLECTOR)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(registry()), status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)
