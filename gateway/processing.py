@@ -18,7 +18,7 @@ import grpc
 
 from gateway import replies
 from gateway.budget import Budget
-from gateway.download import DownloadError, MediaDownloader
+from gateway.download import DownloadError, Failure, MediaDownloader
 from gateway.inbound import InboundMessage, MediaItem
 from gateway.sender import mask_phone
 from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
@@ -32,6 +32,17 @@ PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 # MPO is how Pillow names the multi-picture JPEGs many phone cameras write: still a JPEG file.
 _STORED_PHOTO_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
+# Failures worth another attempt later. INVALID_ARGUMENT / RESOURCE_EXHAUSTED (bad or too large input) and
+# NOT_FOUND, PERMISSION_DENIED, ... are answers about the input or the setup, not about the moment.
+# UNKNOWN and INTERNAL are included: a service dying mid-call can surface as either, and a deterministic
+# one still ends, in SPOOL_DIR/failed/ after SPOOL_GIVE_UP_AFTER_S.
+_TRANSIENT_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+})
+# The media host's 5xx, timeouts and broken connections; Twilio keeps the media, so it will be there later.
+_TRANSIENT_DOWNLOADS = frozenset({Failure.TIMEOUT, Failure.SERVER_ERROR, Failure.CONNECTION})
+
 
 @dataclass(frozen=True)
 class ItemResult:
@@ -41,6 +52,10 @@ class ItemResult:
     outcome: str
     key: str | None = None
     detail: str = ""
+    # True when trying again later may succeed (a dependency down or slow, storage unavailable, a 5xx or a
+    # timeout from the media host, no time left): the spool keeps the item for the background worker.
+    # False for final outcomes: saved, no face, undecodable, too large, unsupported, a URL we refuse.
+    retryable: bool = False
 
 
 class MediaProcessor:
@@ -73,7 +88,7 @@ class MediaProcessor:
                 "media item failed unexpectedly",
                 extra={"message_sid": message.message_sid, "media_index": item.index},
             )
-            result = ItemResult(replies.INTERNAL_ERROR, "error")
+            result = ItemResult(replies.INTERNAL_ERROR, "error", retryable=True)
         logger.info(
             "media item handled",
             extra={
@@ -83,6 +98,7 @@ class MediaProcessor:
                 "content_type": item.content_type,
                 "outcome": result.outcome,
                 "detail": result.detail,
+                "retryable": result.retryable,
                 # The key holds the full number (it is the sender's prefix): log only its file name.
                 "stored_as": result.key.rsplit("/", 1)[-1] if result.key else None,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
@@ -185,7 +201,7 @@ class MediaProcessor:
             return self._store.find(ref)
         except OSError as error:
             logger.error("could not read the store", extra={"message_sid": ref.message_sid, "error": str(error)})
-            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error))
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error), retryable=True)
 
     def _download(self, item: MediaItem, budget: Budget, what: str) -> bytes | ItemResult:
         if not item.url:
@@ -194,12 +210,13 @@ class MediaProcessor:
             return self._downloader.fetch(item.url, budget).data
         except DownloadError as error:
             reply = replies.download_failed(what, error.failure, self._max_media_bytes)
-            return ItemResult(reply, "download_failed", detail=str(error))
+            transient = error.failure in _TRANSIENT_DOWNLOADS
+            return ItemResult(reply, "download_failed", detail=str(error), retryable=transient)
 
     def _call(self, method, request, budget: Budget, timeout_s: float, what: str):  # noqa: ANN001, ANN202
         timeout = budget.cap(timeout_s)
         if timeout <= 0:
-            return ItemResult(replies.OUT_OF_TIME.format(what=what), "out_of_time")
+            return ItemResult(replies.OUT_OF_TIME.format(what=what), "out_of_time", retryable=True)
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as error:
@@ -212,7 +229,8 @@ class MediaProcessor:
                 grpc.StatusCode.DEADLINE_EXCEEDED: "unavailable",
             }.get(code, "error")
             detail = f"{code.name if code else '?'}: {details}"
-            return ItemResult(replies.rpc_failed(what, code), outcome, detail=detail)
+            reply = replies.rpc_failed(what, code)
+            return ItemResult(reply, outcome, detail=detail, retryable=code in _TRANSIENT_CODES)
 
     def _put(
         self,
@@ -230,7 +248,7 @@ class MediaProcessor:
             )
         except OSError as error:
             logger.error("could not store media", extra={"message_sid": ref.message_sid, "error": str(error)})
-            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error))
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error), retryable=True)
         return ItemResult(saved_reply(stored), "saved" if created else "already_saved", stored.key)
 
 

@@ -33,6 +33,19 @@ VOICE = "voice message"
 PHOTO = "photo"
 
 
+# A dependency was down or slow: the webhook is spooled and the background worker will finish the job.
+RECEIVED_VOICE = "Got your voice message: I'll save it shortly."
+RECEIVED_PHOTO = "Got your photo: I'll check it for a face and keep it shortly."
+RECEIVED_OTHER = "Got your message: I'll finish with it shortly."
+
+
+def received(content_type: str) -> str:
+    """The "will be done shortly" sentence for an item of ``content_type``."""
+    if content_type.startswith("audio/"):
+        return RECEIVED_VOICE
+    return RECEIVED_PHOTO if content_type.startswith("image/") else RECEIVED_OTHER
+
+
 def saved_audio(duration_ms: int) -> str:
     return f"Saved your voice message ({format_duration(duration_ms)})."
 

@@ -2,6 +2,11 @@
 
 Whatever happens inside (bad fields, a dead service, a full disk, a bug), Twilio gets a 200 with TwiML
 the user can read, never a 500 with a stack trace; only an unsigned request gets something else (403).
+
+A message with media is spooled (gateway.spool: on disk, fsync'd) before anything else, then tried once
+within the webhook's budget under the entry's lease. What a dependency being down or slow left undone
+stays spooled, the user is told it will be done shortly, and the spool worker (gateway.worker) finishes
+it. Twilio never resends a webhook it got an answer for: the spool is what makes "answered" safe.
 """
 
 from __future__ import annotations
@@ -16,14 +21,33 @@ from werkzeug.exceptions import HTTPException
 from gateway import replies
 from gateway.budget import Budget
 from gateway.config import WEBHOOK_PATH
-from gateway.inbound import InvalidWebhook, parse_webhook
+from gateway.inbound import InboundMessage, InvalidWebhook, parse_webhook
+from gateway.intake import Intake
 from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.signature import twilio_signature_required
+from gateway.spool import Backoff, Lease, Spool
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("webhook", __name__)
+
+# Left of the budget for writing the reply when waiting for another delivery's lease.
+_REPLY_MARGIN_S = 1.0
+_INTAKE = "mediabot.intake"
+
+
+@bp.record_once
+def _open_spool(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
+    """The spool and the attempt logic, made with the app (after its Services), so a SPOOL_DIR that
+    cannot be created stops start-up instead of the first webhook."""
+    services: Services = state.app.extensions["mediabot"]
+    settings = services.settings
+    state.app.extensions[_INTAKE] = (
+        Spool(settings.spool_dir),
+        Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
+               settings.spool_give_up_after_s),
+    )
 
 
 def twiml_response(text: str) -> Response:
@@ -50,16 +74,62 @@ def whatsapp() -> Response:
         return _answer(replies.HELP, "text_only", started, message_sid=message.message_sid,
                        sender=mask_phone(message.sender_id), message_type=message.message_type)
 
-    results = [services.processor.process(message, item, budget, received_at) for item in message.media]
+    sentences, outcomes = _spool_and_try(message, budget, received_at)
     return _answer(
-        replies.combine([result.reply for result in results]),
-        ",".join(result.outcome for result in results),
+        replies.combine(sentences),
+        ",".join(outcomes),
         started,
         message_sid=message.message_sid,
         sender=mask_phone(message.sender_id),
         message_type=message.message_type,
         num_media=len(message.media),
     )
+
+
+def _spool_and_try(message: InboundMessage, budget: Budget, received_at: datetime) -> tuple[list[str], list[str]]:
+    """Spool the message, try it once under its lease, and say per item what became of it."""
+    services: Services = current_app.extensions["mediabot"]
+    spool, intake = current_app.extensions[_INTAKE]
+    try:
+        lease = _lease_for(spool, message, budget, received_at)
+    except OSError as error:
+        # The spool's disk is full or gone: still try now, as the gateway did before it had a spool; what
+        # fails gets the old "please send it again".
+        logger.error("could not spool the webhook; processing without a retry net",
+                     extra={"message_sid": message.message_sid, "error": str(error)})
+        results = [services.processor.process(message, item, budget, received_at) for item in message.media]
+        return [r.reply for r in results], [r.outcome for r in results]
+    if lease is None:
+        # Another delivery of this message holds it (Twilio or a proxy resending while we work): it is
+        # spooled, so it will be finished either by that delivery or by the worker.
+        received = [replies.received(item.content_type) for item in message.media]
+        return received, ["in_progress"] * len(message.media)
+    attempt = intake.attempt(lease, budget, skip_finals=False)
+    sentences = [attempt.reply_for(item.index, item.content_type) for item in message.media]
+    outcomes = [
+        ("spooled:" if attempt.will_retry and attempt.results[item.index].retryable else "")
+        + attempt.results[item.index].outcome
+        for item in message.media
+    ]
+    return sentences, outcomes
+
+
+def _lease_for(spool: Spool, message: InboundMessage, budget: Budget, received_at: datetime) -> Lease | None:
+    """A new entry's lease or, for a repeated MessageSid, the existing entry's once its holder is done;
+    None if another holder keeps it past the budget."""
+    form = request.form.to_dict(flat=True)
+    for _ in range(3):
+        lease = spool.add(message.message_sid, form, received_at)
+        if lease is not None:
+            return lease
+        lease = spool.lease(message.message_sid, wait_s=max(0.0, budget.remaining() - _REPLY_MARGIN_S))
+        if lease is not None:
+            return lease
+        if budget.remaining() <= _REPLY_MARGIN_S:
+            return None
+        # The entry was finished (deleted) while we waited: spool this delivery afresh; processing it
+        # again finds the stored objects, so its reply says "saved" without storing anything twice.
+    return None
 
 
 @bp.errorhandler(Exception)

@@ -23,6 +23,7 @@ from tests.fixtures.gateway import (
     media_form,
     reply_of,
     signed_post,
+    spooled,
     stored_files,
 )
 
@@ -166,7 +167,8 @@ def test_two_concurrent_deliveries_land_on_one_file(
     for t in threads:
         t.join()
 
-    assert len(media_server.requests_for("/media/voice")) == 2  # both really were processed
+    # The second delivery waits for the first one's spool lease, then finds the object: one download.
+    assert len(media_server.requests_for("/media/voice")) == 1
     assert len(texts) == 2 and texts[0] == texts[1] and saved_reply(texts[0])
     assert len(audio_files(media_root)) == 1
     assert len(media_files(media_root)) == 2
@@ -229,9 +231,10 @@ def test_media_host_off_the_allowlist_is_not_fetched(
     ("route", "expected"),
     [
         ({"statuses": (404,)}, "Sorry, I couldn't download your voice message."),
-        ({"statuses": (500,)}, "I couldn't download your voice message right now. Please send it again."),
-        ({"statuses": (503,)}, "I couldn't download your voice message right now. Please send it again."),
-        ({"delay_s": 1.5}, "I couldn't download your voice message right now. Please send it again."),
+        # Transient: spooled for the background worker, the user told it will be saved shortly.
+        ({"statuses": (500,)}, replies.RECEIVED_VOICE),
+        ({"statuses": (503,)}, replies.RECEIVED_VOICE),
+        ({"delay_s": 1.5}, replies.RECEIVED_VOICE),
     ],
     ids=["404", "500", "503", "slow"],
 )
@@ -241,8 +244,10 @@ def test_media_host_failures_get_a_clear_reply(
 ) -> None:
     app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, DOWNLOAD_READ_TIMEOUT_S="0.5")
     url = media_server.add("/media/voice", body=voice_note.read_bytes(), content_type="audio/ogg", **route)
-    assert reply_of(signed_post(app.test_client(), media_form([(url, "audio/ogg")]))) == expected
+    form = media_form([(url, "audio/ogg")])
+    assert reply_of(signed_post(app.test_client(), form)) == expected
     assert stored_files(media_root) == []
+    assert spooled(media_root) == ([form["MessageSid"]] if expected == replies.RECEIVED_VOICE else [])
 
 
 def test_404_then_200_is_saved_after_the_default_retry(
@@ -354,17 +359,21 @@ def test_audio_service_down_gets_a_clear_reply(
 ) -> None:
     app = make_gateway()  # AUDIO_SERVICE_ADDR: a port nothing listens on
     url = media_server.add("/media/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
-    assert reply_of(signed_post(app.test_client(), media_form([(url, "audio/ogg")]))) == replies.AUDIO_UNAVAILABLE
+    form = media_form([(url, "audio/ogg")])
+    assert reply_of(signed_post(app.test_client(), form)) == replies.RECEIVED_VOICE
     assert stored_files(media_root) == []
+    assert spooled(media_root) == [form["MessageSid"]]  # the worker will convert it once the service is back
 
 
 def test_vision_service_down_means_the_photo_is_not_kept(
     gateway_app: Flask, media_server: MediaServer, media_root: Path
 ) -> None:
     url = media_server.add("/media/photo", body=b"\xff\xd8\xff\xe0" + b"\0" * 100, content_type="image/jpeg")
-    text = reply_of(signed_post(gateway_app.test_client(), media_form([(url, "image/jpeg")])))
-    assert text == replies.PHOTO_UNAVAILABLE
+    form = media_form([(url, "image/jpeg")])
+    text = reply_of(signed_post(gateway_app.test_client(), form))
+    assert text == replies.RECEIVED_PHOTO
     assert stored_files(media_root) == []
+    assert spooled(media_root) == [form["MessageSid"]]
 
 
 def test_storage_failure_gets_a_clear_reply(
@@ -372,8 +381,10 @@ def test_storage_failure_gets_a_clear_reply(
 ) -> None:
     (media_root / "whatsapp").write_text("not a directory")  # works as root too, unlike chmod
     url = media_server.add("/media/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
-    text = reply_of(signed_post(gateway_app.test_client(), media_form([(url, "audio/ogg")])))
-    assert text == replies.STORE_FAILED.format(what="voice message")
+    form = media_form([(url, "audio/ogg")])
+    text = reply_of(signed_post(gateway_app.test_client(), form))
+    assert text == replies.RECEIVED_VOICE
+    assert spooled(media_root) == [form["MessageSid"]]
 
 
 def test_a_bug_in_one_item_still_gets_a_reply_for_every_item(
@@ -385,7 +396,8 @@ def test_a_bug_in_one_item_still_gets_a_reply_for_every_item(
     monkeypatch.setattr(MediaProcessor, "_dispatch", broken)
     url = media_server.add("/media/voice", body=b"x", content_type="audio/ogg")
     response = signed_post(gateway_app.test_client(), media_form([(url, "audio/ogg"), (url, "video/mp4")]))
-    assert reply_of(response) == f"1. {replies.INTERNAL_ERROR}\n2. {replies.INTERNAL_ERROR}"
+    # An unexpected error may be a passing one: both items stay spooled for the worker to try again.
+    assert reply_of(response) == f"1. {replies.RECEIVED_VOICE}\n2. {replies.RECEIVED_OTHER}"
     assert b"Traceback" not in response.data
 
 

@@ -1,0 +1,118 @@
+"""`python -m gateway.worker`: finishes what the webhooks spooled but could not complete in time.
+
+A process of its own (a Procfile line, a second container beside the gateway sharing SPOOL_DIR) rather
+than a thread inside each gunicorn worker, because:
+- gunicorn owns its workers' signals, timeouts and restarts: a retry loop inside them would be killed by
+  the worker timeout, multiplied by --workers, and stopped only as a side effect of request handling;
+- here SIGTERM has one clear meaning (finish the attempt in hand, take nothing new, exit) and start-up
+  has one clear job (resume the spool), and the process can wait for storage that is down at boot
+  instead of refusing to start as the gateway does;
+- any number of them (and the gateway's own webhook attempts) can share one spool: every attempt holds
+  the entry's flock lease, so none runs twice at the same time, and a dead holder's lease dies with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from gateway.budget import Budget
+from gateway.config import ConfigError, Settings
+from gateway.intake import Intake
+from gateway.spool import Backoff, Spool
+from mediabot.logs import configure_logging
+
+logger = logging.getLogger("gateway.worker")
+
+
+class SpoolWorker:
+    def __init__(self, spool: Spool, intake: Intake, *, poll_s: float, attempt_budget_s: float) -> None:
+        self._spool = spool
+        self._intake = intake
+        self._poll_s = poll_s
+        self._attempt_budget_s = attempt_budget_s
+
+    def run(self, stop: threading.Event) -> None:
+        """Attempt every due entry, then sleep a poll interval; until ``stop`` is set (checked between
+        entries, so an attempt in hand is finished and everything else stays spooled)."""
+        logger.info("spool worker started", extra={"spool_dir": str(self._spool.directory),
+                                                  "spooled": self._spool.depth()})
+        while not stop.is_set():
+            self.run_once(stop)
+            stop.wait(self._poll_s)
+        logger.info("spool worker stopped", extra={"spooled": self._spool.depth()})
+
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """One pass over the due entries; returns how many were attempted."""
+        attempted = 0
+        for message_sid in self._spool.due():
+            if stop is not None and stop.is_set():
+                break
+            lease = self._spool.lease(message_sid)
+            if lease is None:  # held by a webhook or another worker, or finished meanwhile
+                continue
+            if lease.entry.due_at > time.time():  # someone attempted it between our listing and our lease
+                lease.release()
+                continue
+            self._intake.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
+            attempted += 1
+        return attempted
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        configure_logging("gateway-worker")
+        logger.error("bad configuration", extra={"error": str(error)})
+        return 2
+    configure_logging("gateway-worker", settings.log_level)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    services = _connect(settings, stop)
+    if services is None:
+        return 0
+    try:
+        intake = Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
+                        settings.spool_give_up_after_s)
+        worker = SpoolWorker(Spool(settings.spool_dir), intake, poll_s=settings.spool_poll_s,
+                             attempt_budget_s=settings.spool_attempt_budget_s)
+        worker.run(stop)
+    finally:
+        services.close()
+    return 0
+
+
+def _connect(settings: Settings, stop: threading.Event):  # noqa: ANN202 (Services, imported lazily)
+    """The gateway's clients; while storage refuses to open (down at boot), wait and try again rather
+    than exit: under honcho one exiting process stops them all, and the spool is safe on disk meanwhile."""
+    from gateway.services import Services
+    from gateway.store import StoreStartupError
+
+    backoff = Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s)
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return Services.from_settings(settings)
+        except StoreStartupError as error:
+            attempt += 1
+            delay_s = backoff.delay(attempt)
+            logger.warning("storage not usable yet; retrying",
+                           extra={"error": str(error), "retry_in_s": round(delay_s, 2)})
+            stop.wait(delay_s)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
