@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,29 @@ from face_model.caffemodel import (
     with_trained_geometry,
 )
 from face_model.ssd import DEFAULT_MEAN_BGR, FaceSSD
+
+SERVED_CONFIG = Path(__file__).resolve().parents[2] / "model_repository" / "face_detector" / "config.pbtxt"
+
+
+@dataclass(frozen=True)
+class ServedSettings:
+    """What the committed config.pbtxt asks Triton to serve, so tests compare against that very model."""
+
+    canvas: int
+    variant: str
+    mean_bgr: tuple[float, float, float]
+
+
+@functools.cache
+def served() -> ServedSettings:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(SERVED_CONFIG.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    height, width, _ = config.input[0].dims
+    assert height == width, "the tests assume a square canvas"
+    mean = tuple(float(v) for v in config.parameters["MEAN_BGR"].string_value.split(","))
+    return ServedSettings(int(height), config.parameters["PROTOTXT"].string_value, mean)  # type: ignore[arg-type]
 
 
 @functools.cache

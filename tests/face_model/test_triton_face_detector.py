@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from face_model.repository import write_face_detector_variant
 from tests.face_model.images import letterbox, rgb
-from tests.face_model.models import detect, face_ssd
+from tests.face_model.models import detect, face_ssd, served
 from tests.fixtures.triton import MODEL_REPOSITORY, TritonServer
 
 TOLERANCE = 1e-5
@@ -48,19 +48,20 @@ def _assert_same(served: np.ndarray, local: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def canvases() -> dict[str, np.ndarray]:
-    return {name: letterbox(rgb(name), 300) for name in PHOTOS}
+    return {name: letterbox(rgb(name), served().canvas) for name in PHOTOS}
 
 
 @pytest.fixture(scope="module")
 def expected(canvases: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    model = face_ssd(300)
+    model = face_ssd(served().canvas, served().variant, served().mean_bgr)
     return {name: detect(model, [canvas])[0] for name, canvas in canvases.items()}
 
 
 def test_metadata_is_the_contract_the_vision_service_checks(triton_server_running: TritonServer) -> None:
     client = _client(triton_server_running)
     metadata = client.get_model_metadata("face_detector", as_json=True)
-    assert metadata["inputs"] == [{"name": "IMAGE", "datatype": "UINT8", "shape": ["-1", "300", "300", "3"]}]
+    side = str(served().canvas)
+    assert metadata["inputs"] == [{"name": "IMAGE", "datatype": "UINT8", "shape": ["-1", side, side, "3"]}]
     assert sorted((o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]) == [
         ("DETECTIONS", "FP32", ["-1", "200", "5"]),
         ("NUM_DETECTIONS", "INT32", ["-1", "1"]),
@@ -93,9 +94,9 @@ def test_concurrent_requests_each_get_their_own_result(triton_server_running: Tr
 @pytest.mark.parametrize(
     ("images", "datatype", "message"),
     [
-        (np.zeros((1, 299, 300, 3), np.uint8), "UINT8", "shape"),
-        (np.zeros((1, 300, 300, 3), np.float32), "FP32", "data-type"),
-        (np.zeros((33, 300, 300, 3), np.uint8), "UINT8", "batch"),
+        (np.zeros((1, served().canvas - 1, served().canvas, 3), np.uint8), "UINT8", "shape"),
+        (np.zeros((1, served().canvas, served().canvas, 3), np.float32), "FP32", "data-type"),
+        (np.zeros((33, served().canvas, served().canvas, 3), np.uint8), "UINT8", "batch"),
     ],
 )
 def test_bad_requests_get_an_error_and_the_server_keeps_serving(
@@ -116,7 +117,7 @@ def test_variant_repository_with_a_600_canvas_and_deterministic_batching(
     server = triton_factory(tmp_path)
     names = ("friends", "small_grace_hopper_on_coffee_8", "zidane", "coffee")
     canvases = {name: letterbox(rgb(name), 600) for name in names}
-    model = face_ssd(600)
+    model = face_ssd(600, served().variant, served().mean_bgr)
     expected = {name: detect(model, [canvas])[0] for name, canvas in canvases.items()}
 
     client = _client(server)
