@@ -1,0 +1,93 @@
+"""Secrets never reach a log line or a reply, and phone numbers are logged masked, even when things fail.
+
+Each test runs a failing scenario with every logger captured at DEBUG (urllib3 and the MinIO SDK
+included), renders each record the way production does (mediabot.logs.JsonFormatter, tracebacks too)
+and searches the text for the secrets and the sender's full number.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from gateway import GatewayStartupError
+from mediabot.logs import JsonFormatter
+from tests.fixtures.gateway import (
+    SENDER_ID,
+    TEST_ACCOUNT_SID,
+    TEST_AUTH_TOKEN,
+    MediaServer,
+    media_form,
+    signed_post,
+)
+from tests.fixtures.s3 import SECRET_KEY, SeaweedS3, new_bucket_name
+
+BASIC_AUTH = base64.b64encode(f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}".encode()).decode()
+
+
+def rendered(records: Iterable[logging.LogRecord]) -> str:
+    formatter = JsonFormatter("gateway")
+    return "\n".join(formatter.format(record) for record in records)
+
+
+def assert_clean(text: str, *secrets: str) -> None:
+    for secret in (TEST_AUTH_TOKEN, BASIC_AUTH, *secrets):
+        assert secret not in text, f"secret {secret[:6]}... leaked"
+    # The number appears only masked (all but the last 4 digits hidden).
+    assert SENDER_ID not in text
+    assert SENDER_ID[3:] not in text
+
+
+def test_failed_webhooks_log_no_token_and_no_full_number(
+    make_gateway: Callable[..., Flask], media_server: MediaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make_gateway().test_client()
+    refused = media_server.add("/refused", statuses=(401,), require_auth=False)
+    broken = media_server.add("/broken", statuses=(500,))
+    replies = [
+        signed_post(client, media_form([(refused, "audio/ogg")])),  # the media host refuses our credentials
+        signed_post(client, media_form([(broken, "image/jpeg")])),  # the media host fails
+        signed_post(client, media_form([(media_server.url("/m"), "audio/ogg")]), token="wrong-token"),
+        signed_post(client, media_form([], WaId="12")),  # an invalid sender id
+        signed_post(client, media_form([(media_server.url("/gone"), "audio/ogg")])),  # 404 after retries
+    ]
+    assert [r.status_code for r in replies] == [200, 200, 403, 200, 200]
+    assert_clean(rendered(caplog.records) + "".join(r.get_data(as_text=True) for r in replies))
+    # The masked form is what is logged: the last four digits only.
+    senders = {getattr(r, "sender") for r in caplog.records if hasattr(r, "sender")}
+    assert senders and all(s.endswith(SENDER_ID[-4:]) and set(s[:-4]) == {"*"} for s in senders), senders
+
+
+def test_refused_storage_credentials_are_not_repeated(
+    make_gateway: Callable[..., Flask], s3_server: SeaweedS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    canary_secret = "canary-secret-0f9d8c7b6a5e4d3c2b1a"
+    env = s3_server.gateway_env(new_bucket_name(), MINIO_ACCESS_KEY="canary-access-key",
+                                MINIO_SECRET_KEY=canary_secret)
+    with pytest.raises(GatewayStartupError) as raised:
+        make_gateway(**env)
+    assert_clean(rendered(caplog.records) + str(raised.value), canary_secret)
+
+
+def test_storage_down_mid_run_logs_no_keys(
+    make_gateway: Callable[..., Flask], running_s3: SeaweedS3, media_server: MediaServer, audio_server: str,
+    voice_note: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_gateway(**running_s3.gateway_env(new_bucket_name()), AUDIO_SERVICE_ADDR=audio_server,
+                       MINIO_RETRIES="0", MINIO_CONNECT_TIMEOUT_S="0.5")
+    caplog.set_level(logging.DEBUG)
+    running_s3.kill()
+    url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
+    response = signed_post(app.test_client(), media_form([(url, "audio/ogg")]))
+    assert response.status_code == 200
+    # The failure was logged (so there was something to leak), and nothing leaked.
+    assert any(r.levelno >= logging.WARNING for r in caplog.records)
+    assert_clean(rendered(caplog.records) + response.get_data(as_text=True), SECRET_KEY)
+    assert app.test_client().get("/readyz").status_code == 503
