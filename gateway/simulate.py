@@ -27,7 +27,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -212,14 +212,17 @@ def send(
     to: str = DEFAULT_TO,
     message_sid: str | None = None,
     timeout_s: float = 20.0,
+    media_host: MediaHost | None = None,
 ) -> SimResult:
     """Deliver one WhatsApp message carrying ``files`` to the gateway and return what it answered.
 
     ``url`` is where the webhook is posted (default: the local gateway); ``sign_url`` the URL the
     signature is computed for, when the gateway sees itself under another name (e.g. its ngrok URL).
     ``content_types`` overrides the declared type of the file at the same position (None keeps the guess).
-    ``message_sid`` reuses a SID, to replay a delivery. Raises requests.RequestException when the
-    gateway cannot be reached.
+    ``message_sid`` reuses a SID, to replay a delivery. ``media_host`` (from ``serve_media``) serves the
+    media instead of a host that lives only as long as this call: what a gateway that finishes the work
+    later (its spool worker) needs, as Twilio keeps media at its URL. Raises requests.RequestException
+    when the gateway cannot be reached.
     """
     account_sid = account_sid or os.environ.get("TWILIO_ACCOUNT_SID") or DEV_ACCOUNT_SID
     auth_token = auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or DEV_AUTH_TOKEN
@@ -236,7 +239,7 @@ def send(
     ]
     message_sid = message_sid or new_sid("MM" if paths else "SM")
 
-    with serve_media(account_sid, auth_token) as media_server:
+    with nullcontext(media_host) if media_host is not None else serve_media(account_sid, auth_token) as media_server:
         media = [media_server.add(account_sid, message_sid, path, ct) for path, ct in zip(paths, declared, strict=True)]
         form = webhook_form(
             message_sid=message_sid,

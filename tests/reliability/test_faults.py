@@ -1,0 +1,384 @@
+"""Nothing lost, nothing twice: messages streamed through the simulator while the parts of the system fail.
+
+Real processes on loopback: Triton, the audio and vision services, the gateway under gunicorn (2 workers)
+and its spool worker, storing to SeaweedFS over the S3 API. Each message is delivered as Twilio does it,
+and redelivered with the same MessageSid when the gateway could not be reached (Twilio's retry on a
+connection failure), so a crash of the gateway loses nothing the sender did not get an answer for.
+
+Afterwards every item that qualifies (voice notes, photos with a face) is stored exactly once, with the
+photo's bytes unchanged; nothing else is stored; the spool is empty; and no process was restarted by
+anyone but the test's own fault script.
+
+Size: SOAK_MESSAGES messages (default 30, `make soak` 300), one every SOAK_INTERVAL_S (0.3) at up to 8 in
+flight, with the S3 server down for SOAK_S3_DOWN_S (default 8, `make soak` 20). With SOAK_REPORT=path the
+figures (time, retries, webhook latency percentiles) are written there as JSON as well as logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.simulate import MediaHost, send, serve_media
+from gateway.spool import Spool
+from gateway.store import AUDIO, IMAGES, is_media_key, parse_key
+from tests.fixtures.gateway import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
+from tests.fixtures.photos import face_photo, no_face_photo
+from tests.fixtures.s3 import SeaweedS3, new_bucket_name
+from tests.reliability.stack import (
+    Figures,
+    Proc,
+    audio_proc,
+    count_logged,
+    free_port,
+    gateway_env,
+    gateway_procs,
+    vision_proc,
+)
+
+logger = logging.getLogger(__name__)
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = int(os.environ.get("SOAK_MESSAGES", "30"))
+INTERVAL_S = float(os.environ.get("SOAK_INTERVAL_S", "0.3"))
+S3_DOWN_S = float(os.environ.get("SOAK_S3_DOWN_S", "8"))
+CONCURRENCY = 8
+# How long the spool may take to drain once the last fault is over (Triton's reload included).
+DRAIN_TIMEOUT_S = 240.0
+RETRIED = "spooled message will be retried"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One message: its files (path, declared type) and which of its items must end up stored."""
+
+    message_sid: str
+    sender: str
+    files: tuple[tuple[Path, str], ...]
+    # index -> kind (AUDIO / IMAGES) for the items that qualify.
+    expected: dict[int, str]
+
+
+@dataclass
+class Media:
+    voice: Path
+    face: Path
+    no_face: Path
+    video: Path
+
+    def plan(self, n: int) -> list[Planned]:
+        from gateway.simulate import new_sid
+
+        shapes: list[tuple[tuple[tuple[Path, str], ...], dict[int, str]]] = [
+            (((self.voice, "audio/ogg"),), {0: AUDIO}),
+            (((self.face, "image/jpeg"),), {0: IMAGES}),
+            (((self.no_face, "image/png"),), {}),
+            (((self.voice, "audio/ogg"), (self.face, "image/jpeg")), {0: AUDIO, 1: IMAGES}),
+            (((self.face, "image/jpeg"), (self.video, "video/mp4")), {0: IMAGES}),
+        ]
+        planned = []
+        for i in range(n):
+            files, expected = shapes[i % len(shapes)]
+            planned.append(Planned(new_sid("MM"), f"+1555010{i % 10:04d}", files, expected))
+        return planned
+
+
+@dataclass
+class Gateway:
+    gunicorn: Proc
+    worker: Proc
+    spool: Spool
+    bucket: str
+    url: str
+    logs: list[Path] = field(default_factory=list)
+
+    def tail(self) -> str:
+        return self.gunicorn.tail() + "\n" + self.worker.tail()
+
+
+@dataclass
+class Services:
+    audio: Proc
+    vision: Proc
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory, voice_note: Path) -> Media:
+    directory = tmp_path_factory.mktemp("soak_media")
+    face, no_face, video = directory / "face.jpg", directory / "no_face.png", directory / "clip.mp4"
+    face.write_bytes(face_photo())
+    no_face.write_bytes(no_face_photo())
+    video.write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 64)  # declared video/mp4: refused unread
+    return Media(voice_note, face, no_face, video)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, triton_server) -> Iterator[Services]:  # noqa: ANN001
+    tmp = tmp_path_factory.mktemp("soak_services")
+    triton_server.start()
+    audio, vision = audio_proc(tmp), vision_proc(tmp, triton_server.grpc_url)
+    try:
+        audio.start()
+        vision.start()
+        yield Services(audio, vision)
+    finally:
+        for proc in (vision, audio):
+            proc.stop()
+        triton_server.start()  # a fault script that failed half-way must not leave it down for others
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, services: Services, running_s3: SeaweedS3) -> Iterator[Gateway]:
+    port = free_port()
+    bucket = new_bucket_name()
+    env = gateway_env(
+        audio_addr=services.audio.env["AUDIO_LISTEN"], vision_addr=services.vision.env["VISION_LISTEN"],
+        s3_env=running_s3.gateway_env(bucket), spool_dir=tmp_path / "spool", port=port,
+    )
+    gunicorn, worker = gateway_procs(tmp_path, env)
+    try:
+        gunicorn.start()
+        worker.start()
+        yield Gateway(gunicorn, worker, Spool(tmp_path / "spool"), bucket, f"http://127.0.0.1:{port}/whatsapp",
+                      [gunicorn.log, worker.log])
+    finally:
+        worker.stop()
+        gunicorn.stop()
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+
+def deliver(gateway: Gateway, host: MediaHost, message: Planned, figures: Figures, lock: threading.Lock,
+            give_up_at: float) -> None:
+    """Deliver one message until the gateway answers 200, redelivering (same MessageSid) like Twilio."""
+    while True:
+        try:
+            result = send(
+                [path for path, _ in message.files], content_types=[ct for _, ct in message.files],
+                from_number=message.sender, url=gateway.url, account_sid=TEST_ACCOUNT_SID,
+                auth_token=TEST_AUTH_TOKEN, message_sid=message.message_sid, media_host=host, timeout_s=20,
+            )
+        except requests.RequestException:
+            result = None
+        if result is not None and result.status == 200:
+            with lock:
+                figures.latencies_s.append(result.elapsed_s)
+            return
+        with lock:
+            figures.redeliveries += 1
+            if result is not None and result.status >= 500:
+                figures.server_errors += 1
+        if time.monotonic() > give_up_at:
+            raise AssertionError(f"{message.message_sid} was never answered with 200")
+        time.sleep(0.5)
+
+
+def stream(gateway: Gateway, messages: list[Planned], faults: Callable[[float], None]) -> Figures:
+    """Send ``messages`` paced over a window while ``faults(window_s)`` runs beside them.
+
+    The faults run in this (the main) thread: Triton is started with PR_SET_PDEATHSIG, which fires when
+    the *thread* that started it ends, so a Triton restarted from a short-lived thread would die with it.
+    """
+    figures, lock = Figures(), threading.Lock()
+    window_s = len(messages) * INTERVAL_S
+    errors: list[BaseException] = []
+
+    with serve_media(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN) as host:
+        give_up_at = time.monotonic() + window_s + DRAIN_TIMEOUT_S
+
+        def send_all() -> None:
+            try:
+                with ThreadPoolExecutor(CONCURRENCY) as pool:
+                    futures = []
+                    for message in messages:
+                        futures.append(pool.submit(deliver, gateway, host, message, figures, lock, give_up_at))
+                        time.sleep(INTERVAL_S)
+                    for future in futures:
+                        future.result()
+            except BaseException as error:  # reported by the test, not lost in a thread
+                errors.append(error)
+
+        sender = threading.Thread(target=send_all, name="sender")
+        sender.start()
+        try:
+            faults(window_s)
+        finally:
+            sender.join()
+        if errors:
+            raise errors[0]
+        wait_until_drained(gateway)
+    return figures
+
+
+def wait_until_drained(gateway: Gateway) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while gateway.spool.depth() > 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"spool still holds {gateway.spool.depth()} entries\n{gateway.tail()}")
+        assert gateway.gunicorn.alive and gateway.worker.alive, gateway.tail()
+        time.sleep(0.5)
+
+
+def assert_stored_exactly_once(s3: SeaweedS3, gateway: Gateway, messages: list[Planned], media: Media) -> int:
+    """Every qualifying item once, nothing else; photos byte-identical to what was sent. Returns the count."""
+    client = s3.client()
+    found: Counter[tuple[str, int]] = Counter()
+    keys: dict[tuple[str, int], tuple[str, str]] = {}
+    for obj in client.list_objects(gateway.bucket, prefix="whatsapp/", recursive=True):
+        name = obj.object_name or ""
+        if is_media_key(name):
+            ref, _ = parse_key(name)
+            found[(ref.message_sid, ref.index)] += 1
+            keys[(ref.message_sid, ref.index)] = (ref.kind, name)
+    expected = {(m.message_sid, i): kind for m in messages for i, kind in m.expected.items()}
+    assert set(found) == set(expected), (
+        f"missing {sorted(set(expected) - set(found))[:5]}, unexpected {sorted(set(found) - set(expected))[:5]}"
+    )
+    assert [item for item, count in found.items() if count != 1] == []
+    face_sha = hashlib.sha256(media.face.read_bytes()).hexdigest()
+    for item, kind in expected.items():
+        assert keys[item][0] == kind
+        response = client.get_object(gateway.bucket, keys[item][1])
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        if kind == IMAGES:
+            assert hashlib.sha256(data).hexdigest() == face_sha, keys[item][1]
+        else:
+            assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", keys[item][1]
+    return len(expected)
+
+
+def report(name: str, gateway: Gateway, messages: list[Planned], figures: Figures, elapsed_s: float,
+           stored: int) -> dict[str, object]:
+    figures_out = {
+        "test": name,
+        "messages": len(messages),
+        "items_stored": stored,
+        "seconds": round(elapsed_s, 1),
+        "retries": count_logged(gateway.logs, RETRIED),
+        "redeliveries": figures.redeliveries,
+        "server_errors": figures.server_errors,
+        "webhook_p50_s": round(figures.percentile(50), 3),
+        "webhook_p99_s": round(figures.percentile(99), 3),
+        "webhook_max_s": round(max(figures.latencies_s, default=0.0), 3),
+    }
+    logger.warning("soak figures %s", json.dumps(figures_out))
+    path = os.environ.get("SOAK_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(figures_out) + "\n")
+    return figures_out
+
+
+def at(fraction: float, window_s: float, started: float) -> None:
+    """Sleep until ``fraction`` of the sending window has passed."""
+    time.sleep(max(0.0, started + fraction * window_s - time.monotonic()))
+
+
+# -- the tests --------------------------------------------------------------------------------------------
+
+
+def test_faults_lose_nothing_and_store_nothing_twice(
+    gateway: Gateway, services: Services, running_s3: SeaweedS3, triton_server, media: Media  # noqa: ANN001
+) -> None:
+    messages = media.plan(MESSAGES)
+
+    def faults(window_s: float) -> None:
+        started = time.monotonic()
+
+        def s3_outage() -> None:
+            at(0.1, window_s, started)
+            running_s3.stop()
+            time.sleep(S3_DOWN_S)
+            running_s3.start()
+
+        def audio_crash() -> None:
+            at(0.3, window_s, started)
+            services.audio.kill()
+            time.sleep(2)
+            services.audio.start()
+
+        threads = [threading.Thread(target=f) for f in (s3_outage, audio_crash)]
+        for thread in threads:
+            thread.start()
+        try:
+            at(0.5, window_s, started)  # Triton: in this thread (see stream)
+            triton_server.process.kill()
+            triton_server.process.wait()
+            triton_server.start()
+        finally:
+            for thread in threads:
+                thread.join()
+        assert running_s3.process is not None and services.audio.alive and triton_server.running
+
+    started = time.monotonic()
+    figures = stream(gateway, messages, faults)
+    stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
+    out = report("faults", gateway, messages, figures, time.monotonic() - started, stored)
+
+    assert gateway.spool.depth() == 0 and gateway.spool.failed() == []
+    assert figures.server_errors == 0
+    assert out["retries"] > 0, "the faults never made anything wait: the test proved nothing"
+    # Nobody restarted the gateway, its worker or the vision service: they recovered on their own.
+    assert (gateway.gunicorn.starts, gateway.worker.starts, services.vision.starts) == (1, 1, 1)
+    assert gateway.gunicorn.alive and gateway.worker.alive and services.vision.alive
+
+
+def test_gateway_killed_mid_run_loses_nothing(
+    gateway: Gateway, running_s3: SeaweedS3, media: Media
+) -> None:
+    messages = media.plan(MESSAGES)
+
+    def crash(window_s: float) -> None:
+        at(0.4, window_s, time.monotonic())
+        gateway.gunicorn.kill()
+        gateway.worker.kill()
+        time.sleep(1)
+        gateway.gunicorn.start()
+        gateway.worker.start()
+
+    started = time.monotonic()
+    figures = stream(gateway, messages, crash)
+    stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
+    report("crash", gateway, messages, figures, time.monotonic() - started, stored)
+    assert gateway.spool.depth() == 0 and gateway.spool.failed() == []
+    assert (gateway.gunicorn.starts, gateway.worker.starts) == (2, 2)
+
+
+def test_replayed_webhook_three_times_at_once_is_one_object(
+    gateway: Gateway, running_s3: SeaweedS3, media: Media
+) -> None:
+    message = Planned(f"MM{os.urandom(16).hex()}", "+15550109999", ((media.face, "image/jpeg"),), {0: IMAGES})
+    figures, lock = Figures(), threading.Lock()
+    with serve_media(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN) as host:
+        barrier = threading.Barrier(3)
+
+        def one() -> None:
+            barrier.wait()
+            deliver(gateway, host, message, figures, lock, time.monotonic() + 60)
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_until_drained(gateway)
+    assert len(figures.latencies_s) == 3 and figures.redeliveries == 0
+    assert assert_stored_exactly_once(running_s3, gateway, [message], media) == 1
