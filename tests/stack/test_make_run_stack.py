@@ -73,6 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VISION_SERVICE_ADDR": f"127.0.0.1:{vision}",
         "GATEWAY_PORT": str(gateway),
         "MEDIA_ROOT": str(work / "media"),
+        "SPOOL_DIR": str(work / "spool"),  # not the checkout's ./data/spool, which a later `make run` resumes
     }
     log = work / "honcho.log"
     with log.open("wb") as out:
