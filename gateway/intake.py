@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from gateway import replies
+from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.inbound import InvalidWebhook, parse_webhook
 from gateway.processing import ItemResult, MediaProcessor
@@ -68,6 +68,7 @@ class Intake:
             pending = {i: r.outcome for i, r in results.items() if r.retryable}
             if not pending:
                 lease.complete()
+                metrics.record_attempt(message.media, results, will_retry=False)
                 return Attempt(results, will_retry=False)
             for index, result in results.items():
                 if not result.retryable and entry.finals.get(index) != result.outcome:
@@ -78,12 +79,14 @@ class Intake:
                 logger.error("gave up on a spooled message",
                              extra={"message_sid": entry.message_sid, "attempts": entry.attempts + 1,
                                     "outcomes": pending, "moved_to": where.name})
+                metrics.record_attempt(message.media, results, will_retry=False)
                 return Attempt(results, will_retry=False, gave_up=True)
             delay_s = self._backoff.delay(entry.attempts + 1)
             lease.record_retry(pending, delay_s)
             logger.info("spooled message will be retried",
                         extra={"message_sid": entry.message_sid, "attempt": entry.attempts,
                                "outcomes": pending, "retry_in_s": round(delay_s, 2)})
+            metrics.record_attempt(message.media, results, will_retry=True)
             return Attempt(results, will_retry=True)
         finally:
             lease.release()

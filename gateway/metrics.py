@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol
 
 from flask import Blueprint, Response
 from prometheus_client import (
@@ -40,9 +42,7 @@ OUTCOMES = ("saved", "duplicate", "no_face", "rejected", "retried", "failed")
 MEDIA_TYPES = ("audio", "image", "other")
 STAGES = ("download", "convert", "detect", "store")
 
-# The processing outcome words (gateway.processing.ItemResult.outcome) -> the categories above, for a
-# result that is final. Transient ones (unavailable, store_failed, out_of_time, error) are "retried" when the
-# worker will try again and "failed" when it will not: the caller says which (see ``outcome_category``).
+# Outcome words of gateway.processing.ItemResult that are final and not a failure on our side.
 _FINAL = {
     "saved": "saved",
     "already_saved": "duplicate",
@@ -51,6 +51,17 @@ _FINAL = {
     "unsupported": "rejected",
     "download_failed": "rejected",
 }
+
+
+class _Result(Protocol):
+    outcome: str
+    retryable: bool
+
+
+class _Item(Protocol):
+    index: int
+    content_type: str
+
 
 WEBHOOKS = Counter(
     "mediabot_gateway_webhooks_total",
@@ -95,12 +106,39 @@ def media_type_of(content_type: str) -> str:
     return "other"
 
 
-def outcome_category(item_outcome: str, *, will_retry: bool) -> str:
-    """The ``outcome`` label for a processing outcome word; transient failures become retried or failed."""
-    final = _FINAL.get(item_outcome)
-    if final is not None:
-        return final
-    return "retried" if will_retry else "failed"
+def outcome_category(item_outcome: str, *, retryable: bool, will_retry: bool) -> str:
+    """The ``outcome`` label for one item's result: a transient failure is "retried" while the spool keeps
+    the message and "failed" once it does not; a final one is saved/duplicate/no_face/rejected, or failed."""
+    if retryable:
+        return "retried" if will_retry else "failed"
+    return _FINAL.get(item_outcome, "failed")
+
+
+def record_attempt(media: Iterable[_Item], results: Mapping[int, _Result], *, will_retry: bool) -> None:
+    """Count every item an attempt (webhook or worker) processed: one outcome per item per attempt."""
+    for item in media:
+        result = results.get(item.index)
+        if result is not None:
+            category = outcome_category(result.outcome, retryable=result.retryable, will_retry=will_retry)
+            MEDIA_OUTCOMES.labels(category, media_type_of(item.content_type)).inc()
+
+
+def record_webhook_answer(outcome: str, started: float) -> None:
+    """Count one answered webhook by kind and observe its latency (``started``: time.monotonic())."""
+    if outcome in ("invalid_sender", "invalid_message"):
+        result = "invalid"
+    elif outcome == "text_only":
+        result = "text_only"
+    else:
+        result = "media"
+    WEBHOOKS.labels(result).inc()
+    WEBHOOK_SECONDS.observe(time.monotonic() - started)
+
+
+def record_media_received(media: Iterable[_Item]) -> None:
+    """Count a verified webhook's media items by type, once per delivery."""
+    for item in media:
+        MEDIA_RECEIVED.labels(media_type_of(item.content_type)).inc()
 
 
 def record_received(content_type: str) -> None:
@@ -125,11 +163,6 @@ def stage_timer(stage: str) -> Iterator[None]:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     with STAGE_SECONDS.labels(stage).time():
         yield
-
-
-def webhook_timer() -> object:
-    """A context manager timing one webhook from arrival to reply."""
-    return WEBHOOK_SECONDS.time()
 
 
 # -- the spool, read at scrape time ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import grpc
 
-from gateway import replies
+from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.download import DownloadError, Failure, MediaDownloader
 from gateway.inbound import InboundMessage, MediaItem
@@ -207,7 +207,8 @@ class MediaProcessor:
         if not item.url:
             return ItemResult(f"Sorry, I couldn't download your {what}.", "download_failed", detail="no MediaUrl")
         try:
-            return self._downloader.fetch(item.url, budget).data
+            with metrics.stage_timer("download"):
+                return self._downloader.fetch(item.url, budget).data
         except DownloadError as error:
             reply = replies.download_failed(what, error.failure, self._max_media_bytes)
             transient = error.failure in _TRANSIENT_DOWNLOADS
@@ -218,7 +219,8 @@ class MediaProcessor:
         if timeout <= 0:
             return ItemResult(replies.OUT_OF_TIME.format(what=what), "out_of_time", retryable=True)
         try:
-            return method(request, timeout=timeout)
+            with metrics.stage_timer("convert" if what == replies.VOICE else "detect"):
+                return method(request, timeout=timeout)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else None
             details = error.details() if isinstance(error, grpc.Call) else str(error)
@@ -243,9 +245,10 @@ class MediaProcessor:
         saved_reply: Callable[[StoredObject], str],
     ) -> ItemResult:
         try:
-            stored, created = self._store.put(
-                ref, data, content_type=content_type, metadata=metadata, received_at=received_at
-            )
+            with metrics.stage_timer("store"):
+                stored, created = self._store.put(
+                    ref, data, content_type=content_type, metadata=metadata, received_at=received_at
+                )
         except OSError as error:
             logger.error("could not store media", extra={"message_sid": ref.message_sid, "error": str(error)})
             return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error), retryable=True)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from gateway import replies
+from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.config import WEBHOOK_PATH
 from gateway.inbound import InboundMessage, InvalidWebhook, parse_webhook
@@ -48,6 +48,8 @@ def _open_spool(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
         Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
                settings.spool_give_up_after_s),
     )
+    spool = state.app.extensions[_INTAKE][0]
+    metrics.set_spool_probe(lambda: (spool.depth(), spool.oldest_age_s()))
 
 
 def twiml_response(text: str) -> Response:
@@ -74,6 +76,7 @@ def whatsapp() -> Response:
         return _answer(replies.HELP, "text_only", started, message_sid=message.message_sid,
                        sender=mask_phone(message.sender_id), message_type=message.message_type)
 
+    metrics.record_media_received(message.media)
     sentences, outcomes = _spool_and_try(message, budget, received_at)
     return _answer(
         replies.combine(sentences),
@@ -142,6 +145,7 @@ def unexpected_error(error: Exception) -> Response | HTTPException:
 
 
 def _answer(text: str, outcome: str, started: float, **fields: object) -> Response:
+    metrics.record_webhook_answer(outcome, started)
     logger.info(
         "webhook handled",
         extra={**fields, "outcome": outcome, "elapsed_ms": round((time.monotonic() - started) * 1000, 1)},
