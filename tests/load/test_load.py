@@ -1,0 +1,168 @@
+"""Load: signed text-only and media webhooks at concurrency 16 against the gateway under gunicorn.
+
+Real processes on loopback: gunicorn (2 workers x 8 threads, as deployed) with the real app, the real
+audio service converting every voice note with ffmpeg, the filesystem store. Pass criteria are
+correctness only (no 5xx, every reply the right one, every voice note stored once, the multiprocess
+metrics agreeing); latency is measured and reported (p50/p99/max), never asserted: speed belongs to
+benchmarks, and this machine is shared.
+
+Sizes: MEDIABOT_LOAD_TEXT / MEDIABOT_LOAD_MEDIA / MEDIABOT_LOAD_CONCURRENCY. `make soak` runs the issue's
+full 1000 / 200 / 16; the defaults below are the short form `make test` runs.
+MEDIABOT_LOAD_REPORT=path writes the figures as JSON too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.simulate import reply_text, sign
+from tests.fixtures.gateway import (
+    TEST_ACCOUNT_SID,
+    TEST_AUTH_TOKEN,
+    MediaServer,
+    closed_port_addr,
+    free_port,
+    media_form,
+    media_files,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT = int(os.environ.get("MEDIABOT_LOAD_TEXT", "250"))
+MEDIA = int(os.environ.get("MEDIABOT_LOAD_MEDIA", "50"))
+CONCURRENCY = int(os.environ.get("MEDIABOT_LOAD_CONCURRENCY", "16"))
+
+
+@dataclass
+class Gunicorn:
+    url: str
+    media_root: Path
+    log: Path
+
+
+@pytest.fixture
+def gunicorn_gateway(tmp_path: Path, audio_server: str) -> Iterator[Gunicorn]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PROMETHEUS_"))},
+        "PUBLIC_BASE_URL": url,
+        "TRUST_PROXY": "0",
+        "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
+        "MEDIA_HOST_ALLOWLIST": "127.0.0.1",
+        "AUDIO_SERVICE_ADDR": audio_server,
+        "VISION_SERVICE_ADDR": closed_port_addr(),
+        "STORAGE": "filesystem",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "SPOOL_DIR": str(tmp_path / "spool"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "LOG_LEVEL": "WARNING",
+    }
+    log = tmp_path / "gunicorn.log"
+    command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+               "--threads", "8", "--timeout", "30", "gateway:create_app()"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {process.returncode}\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gunicorn not up\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.1)
+        yield Gunicorn(url, tmp_path / "media", log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, voice_note: Path,
+              capsys: pytest.CaptureFixture[str]) -> None:
+    webhook = f"{gunicorn_gateway.url}/whatsapp"
+    voice_url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
+    forms = [media_form([]) for _ in range(TEXT)] + [media_form([(voice_url, "audio/ogg")]) for _ in range(MEDIA)]
+    # Interleave so media and text share the run instead of arriving in two phases.
+    forms.sort(key=lambda form: form["MessageSid"])
+    local = threading.local()
+
+    def post(form: dict[str, str]) -> tuple[str, int, float, str]:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        started = time.perf_counter()
+        response = session.post(webhook, data=form, headers={"X-Twilio-Signature": sign(webhook, form, TEST_AUTH_TOKEN)},
+                                timeout=30)
+        elapsed = time.perf_counter() - started
+        text = reply_text(response.text) if response.status_code == 200 else response.text[:200]
+        return form["NumMedia"], response.status_code, elapsed, text
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+        results = list(pool.map(post, forms))
+    wall_s = time.perf_counter() - started
+
+    statuses = [status for _, status, _, _ in results]
+    assert [s for s in statuses if s >= 500] == [], gunicorn_gateway.log.read_text()[-3000:]
+    assert set(statuses) == {200}
+    text_replies = {text for media, _, _, text in results if media == "0"}
+    assert len(text_replies) == 1 and "voice message" in text_replies.pop()
+    media_replies = [text for media, _, _, text in results if media != "0"]
+    assert all(t.startswith("Saved your voice message (") for t in media_replies), set(media_replies)
+    # One WAV and one sidecar per voice note.
+    assert len(media_files(gunicorn_gateway.media_root)) == 2 * MEDIA
+
+    # The multiprocess metrics, scraped from whichever worker answers, count every worker's requests.
+    with urllib.request.urlopen(f"{gunicorn_gateway.url}/metrics", timeout=5) as answer:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(answer.read().decode()) for s in f.samples}
+    assert samples[("mediabot_gateway_webhooks_total", (("result", "text_only"),))] == TEXT
+    assert samples[("mediabot_gateway_webhooks_total", (("result", "media"),))] == MEDIA
+    assert samples[("mediabot_gateway_media_outcomes_total", (("media_type", "audio"), ("outcome", "saved")))] == MEDIA
+
+    def figures(kind: str, latencies: list[float]) -> dict[str, float]:
+        return {f"{kind}_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+                f"{kind}_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                f"{kind}_max_ms": round(max(latencies) * 1000, 1)}
+
+    report: dict[str, object] = {
+        "text_webhooks": TEXT, "media_webhooks": MEDIA, "concurrency": CONCURRENCY,
+        "wall_s": round(wall_s, 1), "requests_per_s": round(len(results) / wall_s, 1), "errors_5xx": 0,
+        **figures("text", [e for m, _, e, _ in results if m == "0"]),
+        **(figures("media", [e for m, _, e, _ in results if m != "0"]) if MEDIA else {}),
+        **figures("all", [e for _, _, e, _ in results]),
+    }
+    if os.environ.get("MEDIABOT_LOAD_REPORT"):
+        Path(os.environ["MEDIABOT_LOAD_REPORT"]).write_text(json.dumps(report, indent=2) + "\n")
+    with capsys.disabled():
+        print("\nload:", json.dumps(report))
