@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto model run test bench bench-audio bench-vision accuracy deploy-check lock up up-gpu up-ngrok down clean
+.PHONY: help venv proto model run test soak bench bench-audio bench-vision accuracy deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
@@ -15,6 +15,7 @@ help:
 	@echo "make proto        regenerate the gRPC code from protos/"
 	@echo "make model        build the Triton face model artifact into model_repository/"
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
+	@echo "make soak         fault/crash/replay/load run at full size (figures in bench/out/soak.jsonl)"
 	@echo "make accuracy     face/no-face precision and recall on the photo set"
 	@echo "make up           the whole system under docker compose (make up-gpu, make up-ngrok, make down)"
 
@@ -48,6 +49,11 @@ run: $(INSTALLED) model
 
 test: $(INSTALLED) model
 	$(PY) -m pytest
+
+# The reliability tests at full size: 300 messages through faults, a crash and replays (make test runs 30).
+soak: $(INSTALLED) model
+	mkdir -p bench/out
+	SOAK_MESSAGES=300 SOAK_S3_DOWN_S=20 SOAK_REPORT=bench/out/soak.jsonl $(PY) -m pytest tests/reliability/test_faults.py -q
 
 bench: bench-audio bench-vision
 
