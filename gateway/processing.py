@@ -20,7 +20,7 @@ from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.download import DownloadError, Failure, MediaDownloader
 from gateway.inbound import InboundMessage, MediaItem
-from gateway.sender import mask_phone
+from gateway.sender import mask_phone, redact_sender
 from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
 from mediabot.v1 import audio_pb2, audio_pb2_grpc, vision_pb2, vision_pb2_grpc
 
@@ -200,8 +200,9 @@ class MediaProcessor:
         try:
             return self._store.find(ref)
         except OSError as error:
-            logger.error("could not read the store", extra={"message_sid": ref.message_sid, "error": str(error)})
-            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error), retryable=True)
+            reason = redact_sender(str(error), ref.sender_id)
+            logger.error("could not read the store", extra={"message_sid": ref.message_sid, "error": reason})
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
 
     def _download(self, item: MediaItem, budget: Budget, what: str) -> bytes | ItemResult:
         if not item.url:
@@ -250,8 +251,9 @@ class MediaProcessor:
                     ref, data, content_type=content_type, metadata=metadata, received_at=received_at
                 )
         except OSError as error:
-            logger.error("could not store media", extra={"message_sid": ref.message_sid, "error": str(error)})
-            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=str(error), retryable=True)
+            reason = redact_sender(str(error), ref.sender_id)
+            logger.error("could not store media", extra={"message_sid": ref.message_sid, "error": reason})
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
         return ItemResult(saved_reply(stored), "saved" if created else "already_saved", stored.key)
 
 

@@ -54,3 +54,9 @@ def mask_phone(value: str) -> str:
     if len(digits) <= 4:
         return "*" * len(digits)
     return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def redact_sender(text: str, sender: str) -> str:
+    """``text`` with every occurrence of the sender's id masked: storage errors name the path or key they
+    failed on, and those start with the full number (whatsapp/<id>/...)."""
+    return text.replace(sender, mask_phone(sender)) if sender else text

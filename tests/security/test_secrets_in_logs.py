@@ -91,3 +91,20 @@ def test_storage_down_mid_run_logs_no_keys(
     assert any(r.levelno >= logging.WARNING for r in caplog.records)
     assert_clean(rendered(caplog.records) + response.get_data(as_text=True), SECRET_KEY)
     assert app.test_client().get("/readyz").status_code == 503
+
+
+def test_a_failing_filesystem_store_does_not_log_the_number_in_its_paths(
+    make_gateway: Callable[..., Flask], media_server: MediaServer, media_root: Path, audio_server: str,
+    voice_note: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stored keys start with the sender's number, and an OSError's message names the path it failed on."""
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server)
+    media_root.mkdir(parents=True, exist_ok=True)
+    (media_root / "whatsapp").mkdir(exist_ok=True)
+    (media_root / "whatsapp" / SENDER_ID).write_text("a file where the sender's directory should be")
+    caplog.set_level(logging.DEBUG)
+    url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
+    response = signed_post(app.test_client(), media_form([(url, "audio/ogg")]))
+    assert response.status_code == 200
+    assert any(r.levelno >= logging.WARNING for r in caplog.records)
+    assert_clean(rendered(caplog.records) + response.get_data(as_text=True))
