@@ -121,8 +121,8 @@ def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, voice_note:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         started = time.perf_counter()
-        response = session.post(webhook, data=form, headers={"X-Twilio-Signature": sign(webhook, form, TEST_AUTH_TOKEN)},
-                                timeout=30)
+        signature = sign(webhook, form, TEST_AUTH_TOKEN)
+        response = session.post(webhook, data=form, headers={"X-Twilio-Signature": signature}, timeout=30)
         elapsed = time.perf_counter() - started
         text = reply_text(response.text) if response.status_code == 200 else response.text[:200]
         return form["NumMedia"], response.status_code, elapsed, text
