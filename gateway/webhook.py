@@ -56,7 +56,9 @@ def twiml_response(text: str) -> Response:
     return Response(replies.twiml(text), status=200, mimetype="text/xml")
 
 
-@bp.post(WEBHOOK_PATH)
+# strict_slashes off: a webhook configured in the Twilio console as .../whatsapp/ reaches the view (and is
+# checked against that exact URL) instead of getting a 404 or a redirect Twilio would not follow with a POST.
+@bp.post(WEBHOOK_PATH, strict_slashes=False)
 @twilio_signature_required
 def whatsapp() -> Response:
     started = time.monotonic()
