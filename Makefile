@@ -50,10 +50,12 @@ run: $(INSTALLED) model
 test: $(INSTALLED) model
 	$(PY) -m pytest
 
-# The reliability tests at full size: 300 messages through faults, a crash and replays (make test runs 30).
+# The reliability and load tests at full size: 300 messages through faults, a crash and replays, then
+# 1,000 text + 200 media webhooks at concurrency 16 (make test runs a short form of both).
 soak: $(INSTALLED) model
 	mkdir -p bench/out
 	SOAK_MESSAGES=300 SOAK_S3_DOWN_S=20 SOAK_REPORT=bench/out/soak.jsonl $(PY) -m pytest tests/reliability/test_faults.py -q
+	MEDIABOT_LOAD_TEXT=1000 MEDIABOT_LOAD_MEDIA=200 MEDIABOT_LOAD_REPORT=bench/out/load.json $(PY) -m pytest tests/load -q -s
 
 bench: bench-audio bench-vision
 
