@@ -3,8 +3,11 @@
 Run with ``python -m bench.accuracy`` (``make accuracy`` if the Makefile has it). It measures, through a
 real Triton server and the vision service's own decode/letterbox/postprocess code:
 - canvas 300 (the network's native size) vs 600 (the long side at 600 px, letterboxed), each with the
-  model's mean (104,117,123) and OpenCV's sample mean (104,177,123), and the "trained" prototxt geometry;
+  model's mean (104,117,123) and OpenCV's sample mean (104,177,123), the "trained" prototxt geometry,
+  and on 600 the prior steps fitted to the canvas (PRIOR_STEPS "canvas", what config.pbtxt serves);
 - several decision thresholds (a photo "has a face" when its best detection reaches the threshold);
+- at each threshold, on the real photos with faces, whether the number of detections is the number of
+  faces a person counts (duplicated or missed faces show here, not in the yes/no decision);
 - time per image (decode + letterbox + Triton round trip, one at a time) per variant;
 and, on the same photos, OpenCV's own recipe (imdecode, squash to 300x300, mean 104,177,123) and OpenCV's
 Haar cascade as the classical baseline. Prints markdown tables (the README's "Accuracy" section).
@@ -40,14 +43,16 @@ class Variant:
     canvas: int
     mean_bgr: tuple[float, float, float]
     prototxt: str = "deploy"
+    prior_steps: str = "prototxt"
 
     @property
     def model_name(self) -> str:
-        return f"face_{self.canvas}_{int(self.mean_bgr[1])}_{self.prototxt}"
+        return f"face_{self.canvas}_{int(self.mean_bgr[1])}_{self.prototxt}_{self.prior_steps}"
 
     @property
     def label(self) -> str:
-        return f"Triton SSD, canvas {self.canvas}, mean G={int(self.mean_bgr[1])}, {self.prototxt}"
+        steps = ", canvas steps" if self.prior_steps == "canvas" else ""
+        return f"Triton SSD, canvas {self.canvas}, mean G={int(self.mean_bgr[1])}, {self.prototxt}{steps}"
 
 
 VARIANTS = (
@@ -57,6 +62,7 @@ VARIANTS = (
     Variant(600, SAMPLE_MEAN_BGR),
     Variant(300, CAFFE_MEAN_BGR, "trained"),
     Variant(600, CAFFE_MEAN_BGR, "trained"),
+    Variant(600, CAFFE_MEAN_BGR, "trained", "canvas"),
 )
 
 
@@ -67,6 +73,8 @@ class Scores:
     label: str
     best: dict[str, float]
     ms_per_image: list[float]
+    # Every detection's confidence, whole image, per photo (for the face counts).
+    confidences: dict[str, list[float]]
     thresholded: bool = True
 
 
@@ -91,13 +99,15 @@ def score(label: str, photos: Sequence[Photo], detect: Detect, thresholded: bool
         photo.data  # noqa: B018 - make the composites before timing anything
     detect(photos[0].data)  # warm-up: first-call costs (lazy init, caches) are not per-image costs
     best: dict[str, float] = {}
+    confidences: dict[str, list[float]] = {}
     times: list[float] = []
     for photo in photos:
         started = time.perf_counter()
         detections = detect(photo.data)
         times.append((time.perf_counter() - started) * 1000)
         best[photo.name] = best_confidence(photo, detections)
-    return Scores(label, best, times, thresholded)
+        confidences[photo.name] = [confidence for confidence, _ in detections]
+    return Scores(label, best, times, confidences, thresholded)
 
 
 def triton_detect(detector: TritonDetector) -> Detect:
@@ -116,6 +126,7 @@ class Counts:
     tn: int
     recall_real: float
     recall_small: float
+    count_right_real: float
 
     @property
     def precision(self) -> float:
@@ -148,6 +159,9 @@ def count(scores: Scores, photos: Sequence[Photo], threshold: float) -> Counts:
         tn=sum(not p.has_face for p in photos) - fp,
         recall_real=sum(said_yes[p.name] for p in positives_real) / len(positives_real),
         recall_small=sum(said_yes[p.name] for p in positives_small) / len(positives_small),
+        count_right_real=sum(
+            sum(c >= threshold for c in scores.confidences[p.name]) == p.faces for p in positives_real
+        ) / len(positives_real),
     )
 
 
@@ -159,8 +173,8 @@ def table(all_scores: Sequence[Scores], photos: Sequence[Photo]) -> str:
         f"composites), {len(photos) - positives} without.",
         "",
         "| detector | threshold | precision | recall | recall, real photos | recall, small faces | false alarms "
-        "| F1 | ms/image (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| F1 | face count right, real photos | ms/image (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scores in all_scores:
         median_ms = statistics.median(scores.ms_per_image)
@@ -169,7 +183,7 @@ def table(all_scores: Sequence[Scores], photos: Sequence[Photo]) -> str:
             shown = f"{threshold:.1f}" if scores.thresholded else "—"
             lines.append(
                 f"| {scores.label} | {shown} | {c.precision:.2f} | {c.recall:.2f} | {c.recall_real:.2f} "
-                f"| {c.recall_small:.2f} | {c.fp} | {c.f1:.2f} | {median_ms:.0f} |"
+                f"| {c.recall_small:.2f} | {c.fp} | {c.f1:.2f} | {c.count_right_real:.2f} | {median_ms:.0f} |"
             )
     return "\n".join(lines)
 
@@ -205,6 +219,7 @@ def measure_triton(photos: Sequence[Photo], variants: Sequence[Variant], work: P
             canvas_size=variant.canvas,
             mean_bgr=variant.mean_bgr,
             prototxt=variant.prototxt,
+            prior_steps=variant.prior_steps,
             num_threads=2,
         )
     log = work / "tritonserver.log"

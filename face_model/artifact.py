@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from face_model.caffemodel import parse_prototxt
-from face_model.ssd import DEFAULT_MEAN_BGR, FaceSSD
+from face_model.ssd import DEFAULT_MEAN_BGR, DEFAULT_PRIOR_STEPS, FaceSSD
 
 ARTIFACT_NAME = "weights.pt"
 FORMAT_VERSION = 1
@@ -58,17 +58,21 @@ def load_face_ssd(
     canvas_size: int | Sequence[int] = 300,
     mean_bgr: Sequence[float] = DEFAULT_MEAN_BGR,
     prototxt_variant: str = DEFAULT_PROTOTXT_VARIANT,
+    prior_steps: str = DEFAULT_PRIOR_STEPS,
     device: torch.device | str = "cpu",
     optimize: bool = True,
 ) -> FaceSSD:
     """The detector, in eval mode on ``device``, with priors computed for ``canvas_size``.
 
+    ``prior_steps`` is FaceSSD's: "prototxt" (the steps as written) or "canvas" (fitted to the canvas).
     ``optimize`` folds the normalization layers into the convolutions (``FaceSSD.optimize_for_inference``).
     """
     if prototxt_variant not in PROTOTXT_VARIANTS:
         raise ValueError(f"prototxt variant must be one of {PROTOTXT_VARIANTS}, got {prototxt_variant!r}")
     content = load_artifact(path)
-    model = FaceSSD(parse_prototxt(content["prototxts"][prototxt_variant]), canvas_size=canvas_size, mean_bgr=mean_bgr)
+    model = FaceSSD(
+        parse_prototxt(content["prototxts"][prototxt_variant]), canvas_size=canvas_size, mean_bgr=mean_bgr, prior_steps=prior_steps
+    )
     model.load_state_dict(content["state_dict"], strict=True)
     model = model.eval().requires_grad_(False)
     if optimize:

@@ -27,6 +27,7 @@ def write_face_detector_variant(
     canvas_size: int | tuple[int, int] | None = None,
     mean_bgr: Sequence[float] | None = None,
     prototxt: str | None = None,
+    prior_steps: str | None = None,
     num_threads: int | None = None,
     max_batch_size: int | None = None,
     instance_count: int | None = None,
@@ -49,6 +50,8 @@ def write_face_detector_variant(
         config.parameters["MEAN_BGR"].string_value = ",".join(f"{float(v):g}" for v in mean_bgr)
     if prototxt is not None:
         config.parameters["PROTOTXT"].string_value = prototxt
+    if prior_steps is not None:
+        config.parameters["PRIOR_STEPS"].string_value = prior_steps
     if num_threads is not None:
         config.parameters["NUM_THREADS"].string_value = str(num_threads)
     if max_batch_size is not None:

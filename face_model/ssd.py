@@ -5,7 +5,8 @@ architecture cannot drift from the file OpenCV runs: every Caffe layer becomes a
 call, executed in prototxt order over named blobs (which also reproduces Caffe's in-place layers:
 a layer reading a blob sees it as modified by every earlier layer). The prior boxes are computed
 once, for the canvas size given to the constructor, exactly as the PriorBox layers derive them from
-the feature-map and input sizes; so the same weights run on a 300x300 or a larger canvas.
+the feature-map and input sizes; so the same weights run on a 300x300 or a larger canvas (where the
+prototxt's fixed steps need fitting to the canvas: ``prior_steps="canvas"``, see adapt_prior_step).
 
 Input: uint8 RGB images (N, H, W, 3) already resized/letterboxed to the canvas. The BGR swap and
 the mean subtraction happen inside, as OpenCV's ``blobFromImage(img, 1.0, size, mean)`` does.
@@ -42,6 +43,15 @@ from face_model.detection_output import DetectionOutputParams, detection_output
 # that got widely copied; the accuracy measurement compares both (Triton model parameter MEAN_BGR).
 DEFAULT_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
 
+# How the PriorBox layers place their prior centres (FaceSSD's ``prior_steps``).
+# "prototxt": the steps as written, what OpenCV/Caffe run (the parity reference at any canvas).
+# "canvas": each written step kept where it is a stride (the feature map times the step spans the
+# canvas to within one step), otherwise replaced by canvas / feature map, as Caffe derives it when
+# no step is given; see adapt_prior_step. Identical to "prototxt" at 300 with the trained geometry
+# (the deploy prototxt's padded 5x5 conv8_2/conv9_2 maps do not fit their steps even at 300).
+PRIOR_STEP_MODES = ("prototxt", "canvas")
+DEFAULT_PRIOR_STEPS = "prototxt"
+
 # Layer types whose output is a function of the blob shapes only, computed once at construction.
 _CONSTANT_TYPES = frozenset({"PriorBox"})
 _SHAPE_PRESERVING_TYPES = frozenset({"BatchNorm", "Scale", "ReLU", "Normalize"})
@@ -77,6 +87,43 @@ def _single(values: Sequence[int], default: int, what: str, layer: str) -> int:
     return int(values[0])
 
 
+def adapt_prior_step(
+    param: caffe_pb2.PriorBoxParameter, feature_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> caffe_pb2.PriorBoxParameter:
+    """The PriorBox parameters with the step fitted to this canvas (the "canvas" prior-step mode).
+
+    A prototxt's fixed steps mean two different things. For conv4_3..conv7_2 (8/16/32/64) the step is
+    the network stride: the map times the step covers the canvas (38*8 = 304 at 300, 75*8 = 600 at
+    600), and each prior sits on the cell it is predicted from, at any canvas. For the last maps it is
+    canvas / map at 300 (100 = 300/3 for conv8_2, 300 = 300/1 for conv9_2): the priors are spread
+    evenly over the canvas they were trained on. On a larger canvas those maps grow (8x8 and 6x6 at
+    600) and a fixed 100/300 step puts centres up to 750 and 1650 px on a 600 px canvas: the head's
+    predictions land on the wrong priors and large faces come out twice. A step is kept when it is a
+    stride, ``|map * step - canvas| <= step`` (a true stride always passes: the map has about
+    canvas / stride cells); otherwise it is dropped, so prior_boxes derives canvas / map exactly as
+    Caffe (and OpenCV) do for a PriorBox without a step. On 300 every step of the trained geometry
+    passes, so the priors there stay bit-identical to the prototxt's. (The deploy prototxt's padded
+    5x5 conv8_2/conv9_2 maps fail the test even at 300: 5 * 100 = 500.)
+    """
+    if param.HasField("img_size") or param.HasField("img_h") or param.HasField("img_w"):
+        raise NotImplementedError("PriorBox with a fixed img_size cannot follow the canvas")
+    if param.HasField("step"):
+        step_h = step_w = float(param.step)
+    elif param.HasField("step_h") or param.HasField("step_w"):
+        step_h, step_w = float(param.step_h), float(param.step_w)
+    else:
+        return param
+    fits_h = abs(feature_hw[0] * step_h - image_hw[0]) <= step_h
+    fits_w = abs(feature_hw[1] * step_w - image_hw[1]) <= step_w
+    if fits_h and fits_w:
+        return param
+    adapted = caffe_pb2.PriorBoxParameter()
+    adapted.CopyFrom(param)
+    for field in ("step", "step_h", "step_w"):
+        adapted.ClearField(field)
+    return adapted
+
+
 def _is_in_test_phase(layer: caffe_pb2.LayerParameter) -> bool:
     if any(rule.HasField("phase") and rule.phase == caffe_pb2.TEST for rule in layer.exclude):
         return False
@@ -94,9 +141,15 @@ class FaceSSD(nn.Module):
         *,
         canvas_size: int | Sequence[int] = 300,
         mean_bgr: Sequence[float] = DEFAULT_MEAN_BGR,
+        prior_steps: str = DEFAULT_PRIOR_STEPS,
     ) -> None:
         super().__init__()
         self.canvas_hw = _canvas_hw(canvas_size)
+        if prior_steps not in PRIOR_STEP_MODES:
+            raise ValueError(f"prior_steps must be one of {PRIOR_STEP_MODES}, got {prior_steps!r}")
+        self.prior_steps = prior_steps
+        # PriorBox layer -> the (step_h, step_w) its centres use on this canvas (None: canvas / map).
+        self.prior_box_steps: dict[str, tuple[float, float] | None] = {}
         if len(mean_bgr) != 3:
             raise ValueError(f"mean_bgr needs 3 values (B, G, R), got {list(mean_bgr)}")
         self.register_buffer("mean_bgr", torch.tensor([float(v) for v in mean_bgr]).view(1, 3, 1, 1), persistent=False)
@@ -200,8 +253,17 @@ class FaceSSD(nn.Module):
         elif kind == "PriorBox":
             feature_hw = self._spatial(in_shape, name)[1:]
             image_hw = self._spatial(shapes.get(bottoms[1]), name)[1:]
-            constants[tops[0]] = prior_boxes(layer.prior_box_param, feature_hw, image_hw)
-            expected = feature_hw[0] * feature_hw[1] * prior_box_count(layer.prior_box_param) * 4
+            param = layer.prior_box_param
+            if self.prior_steps == "canvas":
+                param = adapt_prior_step(param, feature_hw, image_hw)
+            constants[tops[0]] = prior_boxes(param, feature_hw, image_hw)
+            if param.HasField("step"):
+                self.prior_box_steps[name] = (float(param.step), float(param.step))
+            elif param.HasField("step_h") or param.HasField("step_w"):
+                self.prior_box_steps[name] = (float(param.step_h), float(param.step_w))
+            else:
+                self.prior_box_steps[name] = None
+            expected = feature_hw[0] * feature_hw[1] * prior_box_count(param) * 4
             if constants[tops[0]].shape != (2, expected):
                 raise AssertionError(f"{name}: {constants[tops[0]].shape} priors, expected (2, {expected})")
         elif kind == "Concat" and all(b in constants for b in bottoms):

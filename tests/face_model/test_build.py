@@ -47,18 +47,21 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("canvas", "variant"), [(300, "deploy"), (600, "deploy"), (300, "trained")])
-def test_the_artifact_rebuilds_the_same_detector(artifact: Path, canvas: int, variant: str) -> None:
-    loaded = load_face_ssd(artifact, canvas_size=canvas, prototxt_variant=variant, optimize=False)
-    reference = face_ssd(canvas, variant, optimized=False)
+@pytest.mark.parametrize(
+    ("canvas", "variant", "steps"),
+    [(300, "deploy", "prototxt"), (600, "deploy", "prototxt"), (300, "trained", "prototxt"), (600, "trained", "canvas")],
+)
+def test_the_artifact_rebuilds_the_same_detector(artifact: Path, canvas: int, variant: str, steps: str) -> None:
+    loaded = load_face_ssd(artifact, canvas_size=canvas, prototxt_variant=variant, prior_steps=steps, optimize=False)
+    reference = face_ssd(canvas, variant, prior_steps=steps, optimized=False)
     assert loaded.state_dict().keys() == reference.state_dict().keys()
     assert all(torch.equal(loaded.state_dict()[k], reference.state_dict()[k]) for k in reference.state_dict())
     assert torch.equal(loaded.priors, reference.priors)
     image = letterbox(rgb("friends"), canvas)
     assert np.array_equal(detect(loaded, [image])[0], detect(reference, [image])[0])
-    served = load_face_ssd(artifact, canvas_size=canvas, prototxt_variant=variant)
+    served = load_face_ssd(artifact, canvas_size=canvas, prototxt_variant=variant, prior_steps=steps)
     assert served.optimized
-    assert np.array_equal(detect(served, [image])[0], detect(face_ssd(canvas, variant), [image])[0])
+    assert np.array_equal(detect(served, [image])[0], detect(face_ssd(canvas, variant, prior_steps=steps), [image])[0])
 
 
 def test_loading_explains_what_is_wrong(artifact: Path, tmp_path: Path) -> None:

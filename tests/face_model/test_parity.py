@@ -25,7 +25,7 @@ from tests.face_model.images import (
     squash,
     unmatched,
 )
-from tests.face_model.models import detect, face_ssd, net, reference_files
+from tests.face_model.models import TRAINED_600_STEPS, detect, face_ssd, net, reference_files, write_prototxt
 
 MIN_CONFIDENCE = 0.3
 MAX_CONFIDENCE_DELTA = 0.01
@@ -112,4 +112,20 @@ def test_trained_geometry_variant_matches_opencv_on_the_same_prototxt(name: str,
     canvas = make_canvas(rgb(name), size)
     theirs = opencv_detections(opencv_trained, opencv_blob(canvas, (104.0, 117.0, 123.0)))
     (ours,) = detect(face_ssd(size, "trained"), [canvas])
+    _assert_parity(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def opencv_trained_600_steps(tmp_path_factory: pytest.TempPathFactory):
+    """OpenCV on the trained prototxt with conv8_2/conv9_2 steps 75 and 100 written in: what the served
+    model (PRIOR_STEPS "canvas") computes on its 600 canvas."""
+    path = write_prototxt(tmp_path_factory.mktemp("prototxt") / "trained600.prototxt", "trained", TRAINED_600_STEPS)
+    return opencv_net(reference_files(), path)
+
+
+@pytest.mark.parametrize("name", PARITY_PHOTOS)
+def test_canvas_prior_steps_at_600_match_opencv_with_those_steps(name: str, opencv_trained_600_steps) -> None:
+    canvas = letterbox(rgb(name), 600)
+    theirs = opencv_detections(opencv_trained_600_steps, opencv_blob(canvas, (104.0, 117.0, 123.0)))
+    (ours,) = detect(face_ssd(600, "trained", prior_steps="canvas"), [canvas])
     _assert_parity(ours, theirs)

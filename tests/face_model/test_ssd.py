@@ -188,3 +188,21 @@ def test_optimization_folds_every_normalization_layer() -> None:
     # 5 Conv->BatchNorm->Scale chains fold into their convolution, 5 BatchNorm->Scale pairs become one affine.
     assert len(faithful.layers) - len(optimized.layers) == 15
     assert optimized.optimize_for_inference() is optimized  # idempotent
+
+
+@pytest.mark.parametrize("variant", ["trained", "deploy"])
+def test_canvas_prior_steps_give_grace_hopper_one_face_on_600(variant: str) -> None:
+    """With the prototxt's steps, the 600 canvas doubles the large face (second box at 0.999, shifted by
+    conv8_2's misplaced priors); fitted to the canvas, one face remains above the service's 0.75."""
+    canvas = letterbox(rgb("grace_hopper"), 600)
+    (fitted,) = detect(face_ssd(600, variant, prior_steps="canvas"), [canvas])
+    (written,) = detect(face_ssd(600, variant), [canvas])
+    assert (fitted[:, 0] >= 0.75).sum() == 1
+    assert (written[:, 0] >= 0.75).sum() == 2
+    # The one left is the face the prototxt steps also find first (same box within a pixel).
+    np.testing.assert_allclose(fitted[0, 1:] * 600, written[0, 1:] * 600, atol=1.0)
+
+
+def test_prior_steps_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="prior_steps"):
+        FaceSSD(net("trained"), canvas_size=600, prior_steps="stretch")

@@ -53,7 +53,7 @@ def canvases() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def expected(canvases: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    model = face_ssd(served().canvas, served().variant, served().mean_bgr)
+    model = face_ssd(served().canvas, served().variant, served().mean_bgr, served().prior_steps)
     return {name: detect(model, [canvas])[0] for name, canvas in canvases.items()}
 
 
@@ -109,24 +109,25 @@ def test_bad_requests_get_an_error_and_the_server_keeps_serving(
     _assert_same(_infer(triton_server_running, canvases["friends"][None])[0], expected["friends"])
 
 
-def test_variant_repository_with_a_600_canvas_and_deterministic_batching(
+def test_variant_repository_with_another_canvas_and_deterministic_batching(
     triton_factory: Callable[[Path], TritonServer], tmp_path: Path
 ) -> None:
     """The canvas is a property of the served model (config dims); a long queue delay makes batching certain."""
-    write_face_detector_variant(MODEL_REPOSITORY, tmp_path, name="faces600", canvas_size=600, max_queue_delay_us=500_000)
+    other = 300 if served().canvas != 300 else 600
+    write_face_detector_variant(MODEL_REPOSITORY, tmp_path, name="faces_other", canvas_size=other, max_queue_delay_us=500_000)
     server = triton_factory(tmp_path)
     names = ("friends", "small_grace_hopper_on_coffee_8", "zidane", "coffee")
-    canvases = {name: letterbox(rgb(name), 600) for name in names}
-    model = face_ssd(600, served().variant, served().mean_bgr)
+    canvases = {name: letterbox(rgb(name), other) for name in names}
+    model = face_ssd(other, served().variant, served().mean_bgr, served().prior_steps)
     expected = {name: detect(model, [canvas])[0] for name, canvas in canvases.items()}
 
     client = _client(server)
-    before = client.get_inference_statistics("faces600", as_json=True)["model_stats"][0]
+    before = client.get_inference_statistics("faces_other", as_json=True)["model_stats"][0]
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        results = list(pool.map(lambda name: _infer(server, canvases[name][None], "faces600")[0], names))
+        results = list(pool.map(lambda name: _infer(server, canvases[name][None], "faces_other")[0], names))
     for name, rows in zip(names, results):
         _assert_same(rows, expected[name])
-    after = client.get_inference_statistics("faces600", as_json=True)["model_stats"][0]
+    after = client.get_inference_statistics("faces_other", as_json=True)["model_stats"][0]
     inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
     executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
     assert inferences == len(names)

@@ -6,7 +6,8 @@ on this venv and passes the repository root in PYTHONPATH, which the lines below
 weights artifact (``make model``) lives here.
 
 Settings come from config.pbtxt: the canvas is the IMAGE input's dims (priors are computed for it
-at load), ``parameters`` give MEAN_BGR, PROTOTXT ("deploy" or "trained") and NUM_THREADS, and the
+at load), ``parameters`` give MEAN_BGR, PROTOTXT ("deploy" or "trained"), PRIOR_STEPS
+("prototxt" or "canvas", see face_model.ssd.adapt_prior_step) and NUM_THREADS, and the
 instance group's kind picks the device (KIND_GPU -> cuda:<device id>, anything else -> CPU).
 """
 
@@ -29,7 +30,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 try:
     from face_model.artifact import ARTIFACT_NAME, DEFAULT_PROTOTXT_VARIANT, load_face_ssd
-    from face_model.ssd import DEFAULT_MEAN_BGR
+    from face_model.ssd import DEFAULT_MEAN_BGR, DEFAULT_PRIOR_STEPS, PRIOR_STEP_MODES
 except ImportError as error:  # pragma: no cover - depends on how Triton was started
     raise ImportError(
         "face_detector needs the face_model package: pip-install the project, or start Triton with "
@@ -92,12 +93,17 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
             torch.set_num_threads(_parse_threads(_parameter(config, "NUM_THREADS")))
 
+        prior_steps = _parameter(config, "PRIOR_STEPS") or DEFAULT_PRIOR_STEPS
+        if prior_steps not in PRIOR_STEP_MODES:
+            raise pb_utils.TritonModelException(f"parameter PRIOR_STEPS must be one of {PRIOR_STEP_MODES}, got {prior_steps!r}")
+
         weights = Path(args["model_repository"]) / args["model_version"] / ARTIFACT_NAME
         self.model = load_face_ssd(
             weights,
             canvas_size=self.canvas_hw,
             mean_bgr=_parse_mean(_parameter(config, "MEAN_BGR")),
             prototxt_variant=_parameter(config, "PROTOTXT") or DEFAULT_PROTOTXT_VARIANT,
+            prior_steps=prior_steps,
             device=self.device,
         )
         assert self.model.detection_params is not None
@@ -106,7 +112,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{OUTPUT_DETECTIONS} dims must be [{keep_top_k}, 5] (keep_top_k)")
         pb_utils.Logger.log_info(
             f"face_detector ready on {self.device}: canvas {self.canvas_hw[0]}x{self.canvas_hw[1]}, "
-            f"{self.model.priors.shape[0]} priors, threads {torch.get_num_threads()}"
+            f"{self.model.priors.shape[0]} priors (steps: {prior_steps}), threads {torch.get_num_threads()}"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
