@@ -27,6 +27,19 @@ def one(docs: list[Obj], kind: str, name: str) -> Obj:
     return found[0]
 
 
+def workload(docs: list[Obj], name: str) -> Obj:
+    """The Deployment or StatefulSet called ``name`` (the gateway is a StatefulSet for its spool claims)."""
+    found = [doc for doc in workloads(docs) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one workload {name}, found {len(found)}"
+    return found[0]
+
+
+def container(workload: Obj, name: str) -> Obj:
+    found = [c for c in containers(workload) if c["name"] == name]
+    assert len(found) == 1, f"{workload['metadata']['name']} has {len(found)} containers named {name}"
+    return found[0]
+
+
 def workloads(docs: list[Obj]) -> list[Obj]:
     return [doc for doc in docs if doc["kind"] in WORKLOAD_KINDS]
 

@@ -26,6 +26,7 @@ from tests.deploy.k8s_objects import (
     selected_workloads,
     service_target,
     split_address,
+    workload as workload_named,
     workloads,
 )
 
@@ -34,6 +35,11 @@ Docs = dict[str, list[dict[str, Any]]]
 # The workloads built from this repository, and their gRPC ports (probed with grpc.health.v1).
 OWN_IMAGES = {"gateway": "mediabot/gateway", "audio": "mediabot/audio", "vision": "mediabot/vision", "triton": "mediabot/triton"}
 GRPC_SERVICES = {"audio": 50051, "vision": 50052}
+# Each service's Prometheus port (its *_METRICS_PORT); the gateway serves /metrics on its HTTP port.
+METRICS_PORTS = {"gateway": 8080, "audio": 9101, "vision": 9102, "triton": 8002}
+# Containers that serve no port and keep no heartbeat, so no probe could say anything true about them
+# (the spool worker: if it exits the kubelet restarts it). Each must really have no port.
+UNPROBED = {("gateway", "worker")}
 # ConfigMap keys that are addresses, and the workload that dials each.
 ADDRESSES = {"AUDIO_SERVICE_ADDR": "gateway", "VISION_SERVICE_ADDR": "gateway", "MINIO_ENDPOINT": "gateway", "TRITON_URL": "vision"}
 
@@ -72,6 +78,10 @@ def test_every_container_has_liveness_and_readiness_probes_on_its_own_ports(rend
     for workload, container in all_containers(rendered[target]):
         where = f"{workload['metadata']['name']}/{container['name']}"
         ports = set(container_ports(workload).values())
+        if (workload["metadata"]["name"], container["name"]) in UNPROBED:
+            assert not container.get("ports"), f"{where} has ports: probe them"
+            assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container), where
+            continue
         for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
             probe = container.get(kind)
             if probe is None:
@@ -87,7 +97,7 @@ def test_grpc_services_are_ready_by_grpc_health(rendered: Docs, target: str) -> 
     for name, port in GRPC_SERVICES.items():
         container = containers(one(rendered[target], "Deployment", name))[0]
         assert container["readinessProbe"]["grpc"]["port"] == port
-        assert {p["containerPort"] for p in container["ports"]} == {port}
+        assert {p["containerPort"] for p in container["ports"]} == {port, METRICS_PORTS[name]}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -197,8 +207,8 @@ def test_configured_addresses_reach_the_listening_port(rendered: Docs, target: s
         listen = {"audio": "AUDIO_LISTEN", "vision": "VISION_LISTEN"}.get(workload["metadata"]["name"])
         if listen:
             assert split_address(env[listen]) == ("0.0.0.0", container_port), f"{key}: {listen}={env[listen]}"
-        dialer = containers(one(docs, "Deployment", client))[0]
-        assert key in resolved_env(docs, dialer), f"{client} does not get {key}"
+        for dialer in containers(workload_named(docs, client)):  # the gateway's spool worker dials them too
+            assert key in resolved_env(docs, dialer), f"{client}/{dialer['name']} does not get {key}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -225,6 +235,7 @@ def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, tar
 
     config = one(docs, "ConfigMap", "mediabot-config")["data"]
     needed = {("ns:ingress-nginx", "gateway", 8080)}
+    needed |= {("ns:monitoring", name, port) for name, port in METRICS_PORTS.items()}
     for key, client in ADDRESSES.items():
         workload, port = service_target(docs, *split_address(config[key]))
         needed.add((client, workload["metadata"]["name"], port))
@@ -262,6 +273,18 @@ def test_autoscalers_cover_the_stateless_services(rendered: Docs, target: str) -
         assert metric["resource"]["name"] == "cpu"  # needs the CPU requests checked above
         scaled[ref["name"]] = hpa
     assert set(scaled) == {"gateway", "audio", "vision"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_metrics_ports_are_announced_for_scraping(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    for name, port in METRICS_PORTS.items():
+        workload = workload_named(docs, name)
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert annotations.get("prometheus.io/port") == str(port), name
+        assert annotations.get("prometheus.io/path") == "/metrics", name
+        assert port in container_ports(workload).values(), f"{name} has no container port {port}"
 
 
 def test_minio_keeps_its_data_on_a_volume_claim(rendered: Docs) -> None:

@@ -32,7 +32,8 @@ def test_target_renders_the_whole_system(rendered: dict[str, list[dict[str, Any]
         ("Namespace", "mediabot"),
         ("ConfigMap", "mediabot-config"),
         ("Secret", "mediabot-secrets"),
-        *(("Deployment", name) for name in ("gateway", "audio", "vision", "triton")),
+        *(("Deployment", name) for name in ("audio", "vision", "triton")),
+        ("StatefulSet", "gateway"),
         *(("Service", name) for name in ("gateway", "audio", "vision", "triton", "minio", "minio-console")),
         *(("HorizontalPodAutoscaler", name) for name in ("gateway", "audio", "vision")),
         ("StatefulSet", "minio"),
@@ -56,8 +57,8 @@ def test_every_object_is_valid_kubernetes(rendered: dict[str, list[dict[str, Any
 
 def test_validator_rejects_a_broken_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Guards the test above against a validator that accepts anything."""
-    deployment = copy.deepcopy(one(rendered["overlays/gpu"], "Deployment", "gateway"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["prot"] = 8080
+    deployment = copy.deepcopy(one(rendered["overlays/gpu"], "Deployment", "audio"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["tcpSocket"]["prot"] = 50051
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, tools.KUBERNETES_VERSIONS[0], strict=True)
 
