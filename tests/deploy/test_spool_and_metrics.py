@@ -160,7 +160,7 @@ def test_ngrok_forwards_only_the_webhook(compose: Model) -> None:
     policy = yaml.safe_load(compose["configs"][config["source"]]["content"])
     (rule,) = policy["on_http_request"]
     assert rule["expressions"] == [f"!(req.url.path in ['{WEBHOOK_PATH}', '{WEBHOOK_PATH}/'])"]
-    assert rule["actions"] == [{"type": "custom-response", "config": {"status_code": 404, "content": "not found"}}]
+    assert rule["actions"] == [{"type": "custom-response", "config": {"status_code": 404, "body": "not found"}}]
 
 
 def test_compose_file_mentions_every_new_gateway_setting() -> None:
