@@ -83,6 +83,10 @@ def test_gateway_metrics_directory_is_a_fresh_emptydir_shared_with_the_worker(re
         (volume,) = [v for v, path in _mounts(item).items() if path == directory]
         assert "emptyDir" in volumes[volume], f"{name}: {directory} must start empty with the pod"
         assert volume == "metrics"
+    # Multiprocess files are named by PID: separate PID namespaces keep the worker (PID 1) apart from
+    # gunicorn's workers (never PID 1, its master is).
+    assert not pod_spec(pod).get("shareProcessNamespace")
+    assert container(pod, "worker")["command"][0] == "python"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -132,6 +136,7 @@ def test_compose_gateway_and_worker_share_the_spool_and_metrics_volumes(compose:
     options = compose["volumes"]["gateway-metrics"]["driver_opts"]
     assert options["type"] == "tmpfs" and "uid=10001" in options["o"]
     assert "driver_opts" not in compose["volumes"]["gateway-spool"]
+    assert not services["gateway"].get("init") and not services["worker"].get("init"), "PIDs name the metrics files"
 
 
 def test_gateway_image_owns_the_spool_mount_point() -> None:
