@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from audio_service.limits import client_channel_options
+from bench.webhook import WEBHOOK_P50_TARGET_MS, time_webhooks
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 
 RATIO_TARGET = 1.15
@@ -105,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs-voice", type=int, default=40, help="timed runs per side for the voice note")
     parser.add_argument("--runs-mp3", type=int, default=10, help="timed runs per side for the 3-minute MP3")
+    parser.add_argument("--runs-webhook", type=int, default=30, help="timed whole webhooks (simulator -> gateway)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-audio-") as tmp:
@@ -136,6 +138,9 @@ def main() -> None:
                 rows.append((name, len(data), statistics.median(service_s), statistics.median(cli_s),
                              service_cpu / runs, cli_cpu / runs))
 
+            webhook_s = time_webhooks(port, inputs["voice note 10 s (ogg/opus)"], args.runs_webhook, directory)
+            calls += args.runs_webhook + 2
+
             voice = inputs["voice note 10 s (ogg/opus)"].read_bytes()
             song = inputs["mp3 3 min (44.1k stereo)"].read_bytes()
             while calls < TOTAL_CONVERSIONS:
@@ -158,6 +163,11 @@ def main() -> None:
               f"{'ok' if ratio <= RATIO_TARGET else 'MISSED':<19}"
               f"{service_cpu * 1000:>12.0f} / {cli_cpu * 1000:<6.0f} {service_cpu / cli_cpu:>6.2f}")
     print("(CPU: the service process incl. its ffmpeg vs the CLI ffmpeg, mean per call; unaffected by machine load)")
+    webhook_p50 = statistics.median(webhook_s) * 1000
+    ok &= webhook_p50 <= WEBHOOK_P50_TARGET_MS
+    print(f"whole webhook, 10 s voice note (simulator -> gunicorn gateway -> audio service -> disk -> TwiML): "
+          f"p50 {webhook_p50:.0f} ms, p90 {statistics.quantiles(webhook_s, n=10)[-1] * 1000:.0f} ms over {len(webhook_s)}"
+          f"  target p50 <= {WEBHOOK_P50_TARGET_MS} ms: {'ok' if webhook_p50 <= WEBHOOK_P50_TARGET_MS else 'MISSED'}")
     ok &= rss <= RSS_TARGET_MB
     print(f"service memory: VmRSS {rss:.1f} MB after {calls} conversions (idle {idle_rss:.1f} MB, peak {peak:.1f} MB)"
           f"  target <= {RSS_TARGET_MB} MB: {'ok' if rss <= RSS_TARGET_MB else 'MISSED'}")

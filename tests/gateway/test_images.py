@@ -113,14 +113,14 @@ def test_several_photos_with_mixed_results_get_one_reply(
     media = [
         (media_server.add("/m/0", body=face_photo(), content_type="image/jpeg"), "image/jpeg"),
         (media_server.add("/m/1", body=no_face_photo(), content_type="image/png"), "image/png"),
-        (media_server.add("/m/2", body=photo("zidane").data, content_type="image/jpeg"), "image/jpeg"),
+        (media_server.add("/m/2", body=photo("friends").data, content_type="image/jpeg"), "image/jpeg"),
     ]
     form = media_form(media)
     lines = reply_of(signed_post(vision_gateway.test_client(), form)).split("\n")
     assert lines[0] == "1. Saved your photo (1 face found)."
     assert lines[1] == f"2. {replies.NO_FACE}"
-    # The two faces the photo set counts (tests/fixtures/photos.py); duplicates or misses would show here.
-    assert lines[2] == f"3. Saved your photo ({photo('zidane').faces} faces found)."
+    # The six faces the photo set counts (tests/fixtures/photos.py); duplicates or misses would show here.
+    assert lines[2] == f"3. Saved your photo ({photo('friends').faces} faces found)."
     assert [p.name.split("_", 1)[1] for p in image_files(media_root)] == [
         f"{form['MessageSid']}_0.jpg", f"{form['MessageSid']}_2.jpg"
     ]
