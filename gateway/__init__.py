@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway.config import ConfigError, Settings
+from gateway.config import WEBHOOK_PATH, ConfigError, Settings
 from mediabot.logs import configure_logging
 
 __all__ = ["GatewayStartupError", "create_app"]
+
+logger = logging.getLogger(__name__)
+
 
 class GatewayStartupError(RuntimeError):
     """The gateway cannot start (bad configuration, unusable storage); the message says what to fix.
@@ -70,4 +73,13 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    # What a person starting `make run` wants to know first: where to point Twilio, and where media goes.
+    where = (
+        f"{settings.media_root.resolve()}" if settings.storage == "filesystem"
+        else f"bucket {settings.minio_bucket} at {settings.minio_endpoint}"
+    )
+    logger.info(
+        "gateway ready: Twilio webhook %s%s, media stored in %s",
+        settings.public_base_url.rstrip("/"), WEBHOOK_PATH, where,
+    )
     return app
