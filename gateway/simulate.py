@@ -31,6 +31,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 from twilio.request_validator import RequestValidator
@@ -176,13 +177,13 @@ class MediaHost(ThreadingHTTPServer):
         return f"http://{host}:{port}{url_path}"
 
 
+_Server = TypeVar("_Server", bound=ThreadingHTTPServer)
+
+
 @contextmanager
-def serve_media(account_sid: str, auth_token: str) -> Iterator[MediaHost]:
-    """Twilio's media host, played on 127.0.0.1:<free port> for as long as the block runs."""
-    server = MediaHost(account_sid, auth_token)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="simulated-twilio-media", daemon=True
-    )
+def serving_in_thread(server: _Server, name: str) -> Iterator[_Server]:
+    """Serve ``server`` from a background thread for as long as the block runs, then close it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
     thread.start()
     try:
         yield server
@@ -190,6 +191,13 @@ def serve_media(account_sid: str, auth_token: str) -> Iterator[MediaHost]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def serve_media(account_sid: str, auth_token: str) -> Iterator[MediaHost]:
+    """Twilio's media host, played on 127.0.0.1:<free port> for as long as the block runs."""
+    with serving_in_thread(MediaHost(account_sid, auth_token), "simulated-twilio-media") as server:
+        yield server
 
 
 def default_url(env: Mapping[str, str] | None = None) -> str:
