@@ -95,3 +95,18 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+# Every image mode/format a phone or chat app may send, as (mode, format) for the generators above;
+# the decoder's tests and the service's tests both walk this list.
+IMAGE_MODES: list[tuple[str, str]] = [
+        ("L", "PNG"),
+        ("P", "PNG"),
+        ("P-transparent", "GIF"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("WEBP", "WEBP"),
+        ("progressive", "JPEG"),
+]

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.vision_service.images import (
+    IMAGE_MODES,
     encode,
     exif_rotated_jpeg,
     face_image,
@@ -30,18 +31,7 @@ def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [
-        ("L", "PNG"),
-        ("P", "PNG"),
-        ("P-transparent", "GIF"),
-        ("RGBA", "PNG"),
-        ("LA", "PNG"),
-        ("CMYK", "JPEG"),
-        ("I;16", "PNG"),
-        ("WEBP", "WEBP"),
-        ("progressive", "JPEG"),
-        ("BMP", "BMP"),
-    ],
+    [*IMAGE_MODES, ("BMP", "BMP")],
 )
 def test_every_mode_becomes_the_same_rgb_picture(mode: str, fmt: str) -> None:
     original = face_image()

@@ -15,7 +15,15 @@ from PIL import Image
 from mediabot.v1 import vision_pb2
 from tests.fixtures.photos import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
 from tests.fixtures.vision import SERVING, health_status
-from tests.vision_service.images import encode, exif_rotated_jpeg, face_image, in_mode, png_bomb, truncated_jpeg
+from tests.vision_service.images import (
+    IMAGE_MODES,
+    encode,
+    exif_rotated_jpeg,
+    face_image,
+    in_mode,
+    png_bomb,
+    truncated_jpeg,
+)
 from vision_service.config import Settings
 from vision_service.server import SERVICE_NAME
 
@@ -95,17 +103,7 @@ def test_exif_rotated_photo_gives_boxes_in_upright_coordinates(vision_stub, orie
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [
-        ("L", "PNG"),
-        ("P", "PNG"),
-        ("P-transparent", "GIF"),
-        ("RGBA", "PNG"),
-        ("LA", "PNG"),
-        ("CMYK", "JPEG"),
-        ("I;16", "PNG"),
-        ("WEBP", "WEBP"),
-        ("progressive", "JPEG"),
-    ],
+    IMAGE_MODES,
 )
 def test_every_image_mode_is_understood(vision_stub, mode: str, fmt: str) -> None:
     data, _ = in_mode(face_image(), mode)
