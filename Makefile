@@ -3,8 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-# Reinstall whenever the dependency list changes.
-INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The venv installs from hash-locked files (requirements/, `make lock` refreshes them), so a fresh clone gets
+# exactly what CI tested. `make run` installs what running needs; `make test` adds the test tools on top.
+# Each stamp names the hash of its locks, so editing a lock reinstalls.
+RUN_LOCKS := pyproject.toml requirements/run.txt requirements/run-nodeps.txt
+TEST_LOCKS := requirements/test.txt requirements/test-nodeps.txt
+RUN_ENV := $(VENV)/.run-$(shell cat $(RUN_LOCKS) | sha1sum | cut -c1-12)
+TEST_ENV := $(VENV)/.test-$(shell cat $(RUN_LOCKS) $(TEST_LOCKS) | sha1sum | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
 .PHONY: help venv proto model run test soak bench bench-audio bench-vision accuracy deploy-check lock up up-gpu up-ngrok down clean
@@ -19,62 +24,65 @@ help:
 	@echo "make accuracy     face/no-face precision and recall on the photo set"
 	@echo "make up           the whole system under docker compose (make up-gpu, make up-ngrok, make down)"
 
-venv: $(INSTALLED)
+venv: $(TEST_ENV)
 
-$(INSTALLED): pyproject.toml
+$(RUN_ENV): $(RUN_LOCKS)
 	@command -v ffmpeg >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y ffmpeg; \
 	  else echo "ffmpeg is missing: run 'sudo apt-get install -y ffmpeg' and try again" >&2; exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[gateway,audio,vision,model,dev]'
-	# Only its tritonserver binary and python backend are used; its own Python deps pin numpy<2, which nothing here needs.
-	$(PY) -m pip install --no-deps nvidia-pytriton==0.7.0
-	# Test photos only (people, crowds, small faces): their bundled sample images are read, the packages never imported.
-	$(PY) -m pip install --no-deps ultralytics==8.4.190 insightface==2.1
-	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --require-hashes -r requirements/run.txt
+	$(PY) -m pip install --require-hashes --no-deps -r requirements/run-nodeps.txt
+	$(PY) -m pip install --no-deps -e .
+	rm -f $(VENV)/.run-* $(VENV)/.test-* $(VENV)/.installed-*
 	touch $@
 
-proto: $(INSTALLED)
+$(TEST_ENV): $(RUN_ENV) $(TEST_LOCKS)
+	$(PY) -m pip install --require-hashes -r requirements/test.txt
+	$(PY) -m pip install --require-hashes --no-deps -r requirements/test-nodeps.txt
+	rm -f $(VENV)/.test-*
+	touch $@
+
+proto: $(TEST_ENV)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. face_model/caffe.proto
 
-model: $(INSTALLED)
+model: $(RUN_ENV)
 	$(PY) -m face_model.build
 
 # .env fills in what the shell doesn't set (python-dotenv --no-override), so `MEDIA_ROOT=/tmp/x make run` wins over .env.
-run: $(INSTALLED) model
-	$(VENV)/bin/dotenv -f $$([ -f .env ] && echo .env || echo /dev/null) run --no-override -- \
-	  $(VENV)/bin/honcho start -f Procfile -e /dev/null
+# honcho's own -e would let .env override the shell, so it reads no file; with no .env, dotenv is left out.
+run: $(RUN_ENV) model
+	$(if $(wildcard .env),$(VENV)/bin/dotenv -f .env run --no-override --) $(VENV)/bin/honcho start -f Procfile -e /dev/null
 
-test: $(INSTALLED) model
+test: $(TEST_ENV) model
 	$(PY) -m pytest
 
 # The reliability and load tests at full size: 300 messages through faults, a crash and replays, then
 # 1,000 text + 200 media webhooks at concurrency 16 (make test runs a short form of both).
-soak: $(INSTALLED) model
+soak: $(TEST_ENV) model
 	mkdir -p bench/out
 	SOAK_MESSAGES=300 SOAK_S3_DOWN_S=20 SOAK_REPORT=bench/out/soak.jsonl $(PY) -m pytest tests/reliability/test_faults.py -q
 	MEDIABOT_LOAD_TEXT=1000 MEDIABOT_LOAD_MEDIA=200 MEDIABOT_LOAD_REPORT=bench/out/load.json $(PY) -m pytest tests/load -q -s
 
 bench: bench-audio bench-vision
 
-bench-audio: $(INSTALLED)
+bench-audio: $(TEST_ENV)
 	$(PY) -m bench.audio
 
-bench-vision: $(INSTALLED) model
+bench-vision: $(TEST_ENV) model
 	$(PY) -m bench.vision
 
 # Precision/recall of the face decision on the photo set, per canvas, mean and threshold (README, "Accuracy").
-accuracy: $(INSTALLED) model
+accuracy: $(TEST_ENV) model
 	$(PY) -m bench.accuracy
 
 # Static checks of Dockerfiles, compose and k8s (also part of `make test`).
-deploy-check: $(INSTALLED)
+deploy-check: $(TEST_ENV)
 	$(PY) -m pytest tests/deploy -q
 
 # Regenerate the images' hash-locked requirements after changing pyproject.toml.
-lock: $(INSTALLED)
+lock: $(TEST_ENV)
 	sh requirements/lock.sh
 
 .env:

