@@ -1,10 +1,16 @@
 """The Store interface on an S3 server (MinIO in compose and k8s; SeaweedFS in the tests), with the minio SDK.
 
-Objects in the bucket, under the same keys as on disk (gateway.store):
+Objects in the bucket: the media under the same keys as on disk (gateway.store), and the store's own
+bookkeeping under one prefix of its own, so that a sender's folder, as people browse it in the MinIO console,
+holds their voice notes and photos and nothing else:
 
-    whatsapp/{sender}/{kind}/{stamp}_{MessageSid}_{index}.{ext}   the media; Content-Type; metadata as x-amz-meta-*
-    whatsapp/{sender}/{kind}/.{MessageSid}_{index}.ref           the claim: the key this ref is stored under
-    {media key}.json                                             only for metadata over S3's 2 KB (gateway.s3_metadata)
+    whatsapp/{sender}/{kind}/{stamp}_{MessageSid}_{index}.{ext}       the media; Content-Type; metadata as x-amz-meta-*
+    .mediabot/claims/whatsapp/{sender}/{kind}/{MessageSid}_{index}    the claim: the key this ref is stored under
+    .mediabot/metadata/{media key}.json                               only for metadata over S3's 2 KB (gateway.s3_metadata)
+
+Buckets written before this layout also hold ``whatsapp/{sender}/{kind}/.{MessageSid}_{index}.ref`` claims and
+``{media key}.json`` overflow objects beside the media. Nothing moves them: the overflow objects are still
+read (the media's headers name them), the old claims are no longer read or written (README, "Storage").
 
 Idempotency. The key holds the time the webhook arrived, so a redelivery would compute a different one;
 what it shares with the first delivery is the ref (sender, kind, MessageSid, index), and the claim object's
@@ -361,7 +367,7 @@ class MinioStore:
                 return None
             raise
         fields, overflow_key = s3_metadata.decode(stat.metadata or {})
-        if overflow_key == overflow_object(key):
+        if overflow_key in (overflow_object(key), _legacy_overflow_object(key)):
             fields.update(self._overflow(overflow_key))
         content_type = stat.content_type or ""
         size = int(stat.size or 0)
@@ -395,7 +401,7 @@ class MinioStore:
         server that ignores it would let a racing replay store a second object without any error, so fail
         loudly instead.
         """
-        probe = f".mediabot/probe-{uuid.uuid4().hex}"
+        probe = f"{BOOKKEEPING_PREFIX}probe-{uuid.uuid4().hex}"
         _put_if_absent(self._client, self._bucket, probe, b"probe\n")
         try:
             _put_if_absent(self._client, self._bucket, probe, b"probe\n")
@@ -434,12 +440,22 @@ class MinioStore:
             raise StoreUnavailable(f"could not {action} in {self._description}: {_reason(error)}") from error
 
 
+# The store's own objects, kept apart from the media so a sender's prefix holds media only.
+BOOKKEEPING_PREFIX = ".mediabot/"
+
+
 def claim_name(ref: MediaRef) -> str:
-    """The claim object of ``ref``: the same name as the filesystem store's pointer file."""
-    return f"whatsapp/{ref.sender_id}/{ref.kind}/.{ref.message_sid}_{ref.index}.ref"
+    """The claim object of ``ref``, under the sender's path in the bookkeeping prefix (not beside the media)."""
+    return f"{BOOKKEEPING_PREFIX}claims/whatsapp/{ref.sender_id}/{ref.kind}/{ref.message_sid}_{ref.index}"
 
 
 def overflow_object(key: str) -> str:
+    """Where the metadata of media ``key`` goes when it does not fit in S3's 2 KB of headers."""
+    return f"{BOOKKEEPING_PREFIX}metadata/{key}.json"
+
+
+def _legacy_overflow_object(key: str) -> str:
+    """Where buckets written before the bookkeeping prefix keep the overflow metadata: beside the media."""
     return f"{key}.json"
 
 

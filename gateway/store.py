@@ -9,7 +9,7 @@ index) — a ``MediaRef`` — and the Store, not the key, is what makes a second
 
 The interface is kept to what S3 can do cheaply (put, get, list by prefix, one small pointer object per
 ref, written with a conditional put), so the MinIO store (gateway.minio_store) can implement it without a
-database. ``open_store(settings)`` picks the one STORAGE names.
+database; there the pointer objects live under a prefix of their own, out of the senders' folders. ``open_store(settings)`` picks the one STORAGE names.
 """
 
 from __future__ import annotations

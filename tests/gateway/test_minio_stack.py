@@ -84,3 +84,6 @@ def test_simulated_message_lands_in_s3_and_is_listed(
     assert store.client.stat_object(s3_bucket, by_kind["audio"][0]).content_type == "audio/wav"
     assert store.client.stat_object(s3_bucket, by_kind["images"][0]).content_type == "image/jpeg"
     assert {o.metadata["profile_name"] for o in store.list(SENDER_ID)} == {"Zoë 李"}
+    # What the MinIO console shows in the sender's folder: the two media objects and nothing else.
+    in_folder = {o.object_name for o in store.client.list_objects(s3_bucket, prefix=f"whatsapp/{SENDER_ID}/", recursive=True)}
+    assert in_folder == {by_kind["audio"][0], by_kind["images"][0]}

@@ -21,7 +21,7 @@ from minio.error import S3Error
 
 from gateway import replies, s3_metadata
 from gateway.config import Settings
-from gateway.minio_store import MinioStore, _put_if_absent, claim_name, overflow_object
+from gateway.minio_store import BOOKKEEPING_PREFIX, MinioStore, _put_if_absent, claim_name, overflow_object
 from gateway.store import AUDIO, IMAGES, MediaRef, StoreStartupError, StoreUnavailable, media_key
 from tests.fixtures.gateway import MediaServer, closed_port_addr, free_port, media_form, reply_of, signed_post
 from tests.fixtures.s3 import SeaweedS3
@@ -78,6 +78,34 @@ def test_metadata_that_fits_needs_no_second_object(store: MinioStore) -> None:
     stored, _ = store.put(REF, b"RIFF", content_type="audio/wav", received_at=WHEN,
                           metadata={"audio": {"duration_ms": 4120}, "profile_name": "Ada"})
     assert objects(store) == sorted([stored.key, claim_name(REF)])
+
+
+def test_the_senders_prefix_holds_media_only(store: MinioStore) -> None:
+    """What people browse in the MinIO console: their voice notes and photos, no claims or metadata objects."""
+    faces = [{"box": {"left": i, "top": i, "right": i + 9, "bottom": i + 9}, "confidence": 0.9} for i in range(200)]
+    photo = MediaRef("15551234567", IMAGES, SID, 1)
+    audio, _ = store.put(REF, b"RIFF", content_type="audio/wav", received_at=WHEN, metadata={"profile_name": "Ada"})
+    image, _ = store.put(photo, b"jpeg", content_type="image/jpeg", received_at=WHEN, metadata={"faces": faces})
+    assert objects(store, "whatsapp/") == sorted([audio.key, image.key])
+    # The bookkeeping: both claims and the photo's overflow metadata, under the store's own prefix.
+    assert objects(store, BOOKKEEPING_PREFIX) == sorted([claim_name(REF), claim_name(photo), overflow_object(image.key)])
+    assert all(name.startswith(BOOKKEEPING_PREFIX) for name in (claim_name(REF), overflow_object(image.key)))
+    assert store.find(photo).metadata["faces"] == faces  # type: ignore[union-attr]
+
+
+def test_overflow_metadata_beside_the_media_from_before_the_bookkeeping_prefix_is_still_read(store: MinioStore) -> None:
+    """Buckets written by earlier releases keep ``{key}.json`` beside the media; nothing moves it, it still counts."""
+    faces = [{"box": {"left": 1, "top": 2, "right": 3, "bottom": 4}, "confidence": 0.9}]
+    key = media_key(MediaRef("15551234567", IMAGES, SID, 0), WHEN, "image/jpeg")
+    legacy = f"{key}.json"
+    headers, overflow = s3_metadata.encode({"profile_name": "Ada", "faces": faces * 100}, legacy)
+    assert overflow  # too big for the headers: they name the legacy overflow object
+    body = json.dumps(overflow).encode()
+    store.client.put_object(store.bucket, legacy, io.BytesIO(body), len(body), content_type="application/json")
+    store.client.put_object(store.bucket, key, io.BytesIO(b"jpeg"), 4, content_type="image/jpeg",
+                            metadata=headers)  # type: ignore[arg-type]
+    [listed] = store.list("15551234567")
+    assert listed.key == key and listed.metadata["faces"] == faces * 100
 
 
 def test_large_objects_go_through_multipart_small_ones_in_one_put(store: MinioStore) -> None:

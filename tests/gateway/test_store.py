@@ -176,10 +176,12 @@ def test_concurrent_puts_of_one_ref_store_one_object(each_store: Store) -> None:
     ((key,),) = [{key for key, _ in results}]
     (listed,) = each_store.list("15551234567")
     assert listed.key == key
-    # The one object and its bookkeeping, nothing else (the filesystem also has its sidecar).
-    expected = {key, f"whatsapp/15551234567/audio/.{SID}_0.ref"}
+    # The one object and its bookkeeping, nothing else: on disk a pointer file and a sidecar beside the media,
+    # in the bucket one claim object under the store's own prefix.
     if isinstance(each_store, FilesystemStore):
-        expected.add(key + ".json")
+        expected = {key, key + ".json", f"whatsapp/15551234567/audio/.{SID}_0.ref"}
+    else:
+        expected = {key, f".mediabot/claims/whatsapp/15551234567/audio/{SID}_0"}
     assert set(raw_names(each_store)) == expected
 
 
@@ -234,7 +236,7 @@ def test_get_of_a_missing_key_is_a_key_error(each_store: Store) -> None:
 
 def test_get_refuses_keys_outside_the_layout(each_store: Store) -> None:
     for key in ["../secret", "whatsapp/../../secret", "/etc/passwd", f"whatsapp/1555/audio/x_{SID}_0.wav",
-                f"whatsapp/15551234567/audio/.{SID}_0.ref"]:
+                f"whatsapp/15551234567/audio/.{SID}_0.ref", f".mediabot/claims/whatsapp/15551234567/audio/{SID}_0"]:
         with pytest.raises(InvalidKey):
             each_store.get(key)
     with pytest.raises(InvalidKey):
