@@ -244,3 +244,22 @@ def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
     assert example.is_file(), ".env.example is missing"
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example.read_text(encoding="utf-8"), re.MULTILINE))
     assert variables - documented == set(), f".env.example does not mention {sorted(variables - documented)}"
+
+
+def test_make_env_fills_in_minio_and_leaves_twilio_and_the_url_to_the_operator(tmp_path: Path) -> None:
+    """`make up` starts from `make .env`: random MinIO secrets for both users, then compose asks for the rest."""
+    for name in ("Makefile", ".env.example"):
+        (tmp_path / name).write_bytes((tools.REPO / name).read_bytes())
+    made = tools.run(["make", "--no-print-directory", ".env"], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    values = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#"))
+    assert set(values) == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert values["MINIO_ACCESS_KEY"] != values["MINIO_ROOT_USER"]
+    assert len(values["MINIO_SECRET_KEY"]) == len(values["MINIO_ROOT_PASSWORD"]) == 32
+    assert values["MINIO_SECRET_KEY"] != values["MINIO_ROOT_PASSWORD"]
+    result = tools.compose_config(tmp_path / ".env")
+    assert result.returncode != 0 and re.search(r"set (TWILIO_ACCOUNT_SID|TWILIO_AUTH_TOKEN|PUBLIC_BASE_URL) in \.env", result.stderr)
+    with (tmp_path / ".env").open("a", encoding="utf-8") as env:
+        env.write("".join(f"{key}={COMPOSE_ENV[key]}\n" for key in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL")))
+    assert tools.compose_config(tmp_path / ".env").returncode == 0
