@@ -61,9 +61,13 @@ def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 is how a dual-stack socket reports an IPv4 loopback client; Python 3.11 does not call
+    # it loopback.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def default_public_base_url(env: Mapping[str, str]) -> str:

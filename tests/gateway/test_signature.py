@@ -171,7 +171,7 @@ class TestDevelopmentMode:
         assert app.extensions["mediabot"].settings.dev_credentials
         return app
 
-    @pytest.mark.parametrize("remote_addr", ["127.0.0.1", "127.8.9.10", "::1"])
+    @pytest.mark.parametrize("remote_addr", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
     def test_loopback_clients_are_served(self, make_gateway: Callable[..., Flask], remote_addr: str) -> None:
         from gateway.config import DEV_AUTH_TOKEN
 
