@@ -85,10 +85,14 @@ deploy-check: $(TEST_ENV)
 lock: $(TEST_ENV)
 	sh requirements/lock.sh
 
+# For compose: MinIO's root user and the gateway's own user with random secrets. The Twilio credentials and
+# PUBLIC_BASE_URL are yours to add; until then `docker compose` stops naming the first one missing.
 .env:
 	cp .env.example .env
 	sed -i -e "s/^#MINIO_ACCESS_KEY=/MINIO_ACCESS_KEY=/" \
-	  -e "s/^#MINIO_SECRET_KEY=.*/MINIO_SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')/" .env
+	  -e "s/^#MINIO_SECRET_KEY=.*/MINIO_SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')/" \
+	  -e "s/^#MINIO_ROOT_USER=/MINIO_ROOT_USER=/" \
+	  -e "s/^#MINIO_ROOT_PASSWORD=.*/MINIO_ROOT_PASSWORD=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')/" .env
 
 up: .env
 	docker compose up -d --build --wait

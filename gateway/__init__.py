@@ -61,8 +61,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = _MAX_FORM_BYTES
     if settings.trust_proxy:
-        # One proxy hop (ngrok, an ingress): the URL Twilio signed is rebuilt from its X-Forwarded-* headers.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
+        # One proxy hop (ngrok, an ingress): the client's address for the logs is the last X-Forwarded-For
+        # entry, the one that proxy added. Only that: the URL a signature is checked against always comes from
+        # PUBLIC_BASE_URL (gateway.signature), never from X-Forwarded-Host/-Proto/-Port/-Prefix.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=0, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
     try:
         app.extensions["mediabot"] = Services.from_settings(settings)
     except StoreStartupError as error:

@@ -18,9 +18,18 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 # Used when TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are unset, so `make run` and `python -m gateway.simulate`
-# work together out of the box. The simulator imports these same constants: one place, one truth.
+# work together out of the box. The simulator imports these same constants: one place, one truth. The token
+# is public (it is in this file), so it is accepted only where nobody else can reach the gateway: with a
+# loopback PUBLIC_BASE_URL, TRUST_PROXY=0, and (gateway.signature) from loopback clients only.
 DEV_ACCOUNT_SID = "AC00000000000000000000000000000000"
 DEV_AUTH_TOKEN = "mediabot-local-development-auth-token"
+
+# Deployment templates (k8s/base/secrets.env.example) hold values starting with this instead of empty ones: a
+# secret still holding it stops the process, so a template applied unedited cannot run on guessable values.
+PLACEHOLDER_PREFIX = "REPLACE_ME"
+# Secrets checked for a leftover placeholder (MinIO's only when STORAGE=minio, where they are read).
+_SECRETS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WEBHOOK_SHARED_KEY")
+_MINIO_SECRETS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 
 DEFAULT_GATEWAY_PORT = 8080
 WEBHOOK_PATH = "/whatsapp"
@@ -34,6 +43,8 @@ DEFAULT_MEDIA_HOSTS = ("api.twilio.com", "mms.twiliocdn.com", "s3-external-1.ama
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 STORAGE_BACKENDS = ("filesystem", "minio")
+
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -50,9 +61,13 @@ def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 is how a dual-stack socket reports an IPv4 loopback client; Python 3.11 does not call
+    # it loopback.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def default_public_base_url(env: Mapping[str, str]) -> str:
@@ -66,7 +81,8 @@ class Settings:
     trust_proxy: bool
     twilio_account_sid: str
     twilio_auth_token: str = field(repr=False)
-    # True when the two values above are DEV_ACCOUNT_SID / DEV_AUTH_TOKEN because none were configured.
+    # True when the token is the public DEV_AUTH_TOKEN (none configured, or that one written out): only with
+    # a loopback PUBLIC_BASE_URL and TRUST_PROXY=0, and webhooks are then answered for loopback clients only.
     dev_credentials: bool
     # Secret of a Twilio webhook SharedKey (Webhook Rules, public beta): used only for requests that carry
     # X-Twilio-Webhooks-Signature-Settings; empty means such requests are refused.
@@ -129,22 +145,36 @@ class Settings:
 
         port = _port(get("GATEWAY_PORT"), "GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
         public_base_url = _public_base_url(get("PUBLIC_BASE_URL") or default_public_base_url(env))
+        trust_proxy = _bool(get("TRUST_PROXY"), "TRUST_PROXY", False)
+        if trust_proxy and get("PUBLIC_BASE_URL") is None:
+            raise ConfigError(
+                "TRUST_PROXY=1 needs PUBLIC_BASE_URL: signatures are always checked against it, never against "
+                "the host a request's X-Forwarded-* headers name"
+            )
+
+        storage = (get("STORAGE") or "filesystem").lower()
+        for name in (*_SECRETS, *(_MINIO_SECRETS if storage == "minio" else ())):
+            if (get(name) or "").upper().startswith(PLACEHOLDER_PREFIX):
+                raise ConfigError(f"{name} still holds the template's {PLACEHOLDER_PREFIX} placeholder: set the real value")
 
         sid, token = get("TWILIO_ACCOUNT_SID"), get("TWILIO_AUTH_TOKEN")
         if (sid is None) != (token is None):
             raise ConfigError("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither (development mode)")
-        dev_credentials = sid is None
         if sid is None or token is None:
             sid, token = DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
-        if not (len(sid) == 34 and sid.startswith("AC")):
+        if not _ACCOUNT_SID.fullmatch(sid):
             raise ConfigError(f"TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits, got {sid!r}")
+        # The development token signs for anyone who has read this repository, whether it was left unset or
+        # written out: so it is allowed only where no one but this machine can send the gateway a webhook.
+        dev_credentials = token == DEV_AUTH_TOKEN
+        if dev_credentials:
+            _check_development_reach(public_base_url, trust_proxy)
 
         hosts = get("MEDIA_HOST_ALLOWLIST")
         allowlist = _hostnames(hosts) if hosts is not None else frozenset(DEFAULT_MEDIA_HOSTS)
         if dev_credentials:
             allowlist |= frozenset(LOOPBACK_HOSTS)
 
-        storage = (get("STORAGE") or "filesystem").lower()
         if storage not in STORAGE_BACKENDS:
             raise ConfigError(f"STORAGE must be one of {', '.join(STORAGE_BACKENDS)}, got {storage!r}")
 
@@ -156,7 +186,7 @@ class Settings:
 
         settings = cls(
             public_base_url=public_base_url,
-            trust_proxy=_bool(get("TRUST_PROXY"), "TRUST_PROXY", False),
+            trust_proxy=trust_proxy,
             twilio_account_sid=sid,
             twilio_auth_token=token,
             dev_credentials=dev_credentials,
@@ -205,12 +235,24 @@ class Settings:
         if self.dev_credentials:
             logger.warning(
                 "RUNNING WITH DEVELOPMENT TWILIO CREDENTIALS: TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are unset, so "
-                "webhooks are checked against a public development token and media may be fetched from loopback "
-                "hosts (%s). Fine for `make run` with the simulator; set both variables before exposing this "
-                "gateway to Twilio.",
+                "webhooks are checked against a public development token, answered only for clients on this "
+                "machine, and media may be fetched from loopback hosts (%s). Fine for `make run` with the "
+                "simulator; set both variables (and PUBLIC_BASE_URL) before exposing this gateway to Twilio.",
                 ", ".join(LOOPBACK_HOSTS),
                 extra={"dev_credentials": True, "public_base_url": self.public_base_url},
             )
+
+
+def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
+    """Refuse the public development token wherever a request from outside this machine could reach us."""
+    host = urlsplit(public_base_url).hostname or ""
+    if not is_loopback_host(host) or trust_proxy:
+        raise ConfigError(
+            "development credentials (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset, empty or the development token) "
+            "are only allowed with a loopback PUBLIC_BASE_URL (127.0.0.1, ::1, localhost) and TRUST_PROXY=0, got "
+            f"PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set TWILIO_ACCOUNT_SID and "
+            "TWILIO_AUTH_TOKEN to your Twilio account's values"
+        )
 
 
 # What Settings holds for MinIO when STORAGE=filesystem: nothing is read, nothing is checked.

@@ -6,8 +6,10 @@ redirects to a short-lived URL on its CDN. The credentials must reach Twilio and
   (plain http only to loopback hosts, which is where the simulator and the tests serve media);
 - an allowlisted name must also resolve to public addresses only (no private, loopback, link-local or
   reserved ones; MEDIA_ALLOW_PRIVATE_ADDRESSES=1 lifts this for an internal mirror), so a DNS record
-  pointed at 10.0.0.1 or 169.254.169.254 cannot turn the allowlist into a way in; only hosts written as
-  loopback (localhost, 127.0.0.1, ::1: the simulator and the tests) are exempt. The check runs before each
+  pointed at 10.0.0.1 or 169.254.169.254 cannot turn the allowlist into a way in. IPv6 spellings of an IPv4
+  address are judged by the IPv4 address inside them (``is_public_address``), since a NAT64 gateway or a
+  dual-stack socket delivers them there; only hosts written as loopback (localhost, 127.0.0.1, ::1: the
+  simulator and the tests) are exempt. The check runs before each
   hop, not on the connection itself, so a DNS answer that changes between the two (rebinding) is not
   covered; an egress NetworkPolicy (k8s/) is the layer that closes that;
 - the credentials are attached to the first request only; on a redirect to another host requests'
@@ -93,6 +95,42 @@ def vet_url(url: str, allowlist: frozenset[str], *, allow_private: bool) -> None
         check_resolves_public(host)
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet ends up at (RFC 6052 NAT64, RFC 4291).
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# RFC 8215's local-use NAT64 prefix: translated by a gateway of the site's own choosing, so where it leads
+# cannot be judged from the address; refused whatever it embeds.
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, IPv4-compatible, NAT64, 6to4), if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64_WELL_KNOWN or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for an address that is globally routable and does not lead to a private one.
+
+    ``is_global`` alone is not enough: Python calls 64:ff9b::10.0.0.1 global (the NAT64 prefix is, the
+    IPv4 address behind it is not), and which IPv4-compatible or mapped addresses it calls global depends
+    on the Python release. ::a.b.c.d (deprecated by RFC 4291) and the local-use NAT64 prefix are refused
+    outright; the well-known NAT64 prefix, used by DNS64 on IPv6-only clusters, only with a public IPv4.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _IPV4_COMPATIBLE or address in _NAT64_LOCAL_USE:
+            return False
+        inner = embedded_ipv4(address)
+        if inner is not None and not inner.is_global:
+            return False
+        if address.ipv4_mapped is not None or address in _NAT64_WELL_KNOWN:
+            return True  # judged by the IPv4 address alone (is_global above)
+    return address.is_global
+
+
 def check_resolves_public(host: str) -> None:
     """Refuse a host that resolves to any address that is not globally routable."""
     try:
@@ -101,7 +139,7 @@ def check_resolves_public(host: str) -> None:
         raise DownloadError(Failure.CONNECTION, f"cannot resolve {host!r}") from None
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
+        if not is_public_address(address):
             raise DownloadError(
                 Failure.DISALLOWED_URL, f"host {host!r} resolves to a non-public address ({address})"
             )

@@ -168,21 +168,18 @@ class MinioStore:
         return self._client
 
     def prepare(self, *, for_writing: bool = True) -> None:
-        """Make sure the bucket is there and usable; with ``for_writing``, create it and prove conditional writes.
+        """Make sure the bucket is there and usable; with ``for_writing``, prove conditional writes too.
 
-        Safe when several replicas start at once: whichever loses the race to create the bucket gets an
-        error (BucketAlreadyOwnedByYou on MinIO, other codes elsewhere) and accepts it once the bucket exists.
+        The bucket is never created here: the gateway runs as a MinIO user limited to this one bucket (no
+        s3:CreateBucket), and the bucket is made, with that user and its policy, by whoever deploys it
+        (compose's minio-init service, the k8s Job minio-init, or a person with ``mc mb``).
         """
         try:
             if not self._client.bucket_exists(self._bucket):
-                if not for_writing:
-                    raise StoreStartupError(f"{self._description} does not exist (MINIO_BUCKET)")
-                try:
-                    self._client.make_bucket(self._bucket)
-                    logger.info("created the storage bucket", extra={"bucket": self._bucket})
-                except S3Error:
-                    if not self._client.bucket_exists(self._bucket):
-                        raise
+                raise StoreStartupError(
+                    f"{self._description} does not exist (MINIO_BUCKET): the gateway does not create it; "
+                    "create it first (compose's minio-init service and the k8s Job minio-init do)"
+                )
             # bucket_exists proves HEAD; listing is what find() and list() need.
             next(iter(self._client.list_objects(self._bucket, prefix="whatsapp/")), None)
             if for_writing:

@@ -135,5 +135,5 @@ class Services:
 
 
 def make_store(settings: Settings) -> Store:
-    """The configured Store, checked (bucket created, credentials tried); StoreStartupError if unusable."""
+    """The configured Store, checked (bucket there, credentials tried); StoreStartupError if unusable."""
     return open_store(settings)

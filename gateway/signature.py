@@ -1,12 +1,15 @@
 """The X-Twilio-Signature check: one decorator, always on.
 
 There is deliberately no switch that skips it (not in debug, not in development): local runs use a
-development token that the simulator signs with, so the code path is the same everywhere.
+development token that the simulator signs with, so the code path is the same everywhere. That token is
+public, so in development mode (gateway.config) a request from anywhere but this machine is refused too.
 
 The signature covers the exact URL Twilio called plus the sorted form fields. Behind ngrok or a load
-balancer the URL Flask sees differs from that one, so it is rebuilt from PUBLIC_BASE_URL and the request's
-path and query string; with TRUST_PROXY=1 it is the URL werkzeug's ProxyFix reconstructs from the
-X-Forwarded-* headers instead (only safe when a proxy we control sets those headers).
+balancer the URL Flask sees differs from that one, so it is rebuilt from PUBLIC_BASE_URL (scheme, host and
+port) and the request's path and query string, always, TRUST_PROXY or not. X-Forwarded-Host/-Proto/-Prefix
+are never consulted: a proxy may pass a client's own values through, and a signature checked against a host
+the client chose is a signature checked against anything. TRUST_PROXY=1 only takes the client's address
+(for the logs) from the one proxy hop's X-Forwarded-For (gateway.create_app).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from twilio.request_validator import (
 )
 
 from gateway import metrics
-from gateway.config import Settings
+from gateway.config import Settings, is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +47,16 @@ class SignatureChecker:
         )
 
     def signed_url(self, req: Request) -> str:
-        if self._settings.trust_proxy:
-            return req.url
         parts = urlsplit(req.url)  # werkzeug's URL: path and query string percent-encoded as received
         query = f"?{parts.query}" if parts.query else ""
         return f"{self._settings.public_base_url}{parts.path}{query}"
 
     def rejection(self, req: Request) -> str | None:
         """None when the request is genuinely from Twilio, else why not (for the log, never the client)."""
+        if self._settings.dev_credentials and not is_loopback_host(req.remote_addr or ""):
+            # Anyone can sign with the development token; only this machine may use it. (Development mode
+            # requires TRUST_PROXY=0, so remote_addr is the socket's peer, not a header.)
+            return f"development credentials: webhooks are accepted from this machine only, not {req.remote_addr}"
         signature = req.headers.get(SIGNATURE_HEADER, "")
         if not signature:
             return "no X-Twilio-Signature header"

@@ -138,7 +138,7 @@ class Store(Protocol):
 def open_store(settings: Settings, *, for_writing: bool = True) -> Store:
     """The store STORAGE names, ready to use; StoreStartupError with a readable message if it cannot be.
 
-    ``for_writing=False`` (the browsing command) neither creates a missing bucket nor writes a probe.
+    ``for_writing=False`` (the browsing command) writes no probe (no store creates a missing bucket).
     """
     if settings.storage == "minio":
         from gateway.minio_store import MinioStore  # imported only when used: the filesystem needs no S3 SDK

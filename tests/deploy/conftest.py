@@ -13,9 +13,13 @@ from tests.deploy import tools
 FAKE_SECRETS = {
     "TWILIO_ACCOUNT_SID": "AC" + "0123456789abcdef" * 2,
     "TWILIO_AUTH_TOKEN": "test-auth-token-not-real",
+    "MINIO_ROOT_USER": "minio-root-test",
+    "MINIO_ROOT_PASSWORD": "test-root-password-not-real",
     "MINIO_ACCESS_KEY": "mediabot-test",
     "MINIO_SECRET_KEY": "test-secret-not-real",
 }
+# compose's .env also names the public URL (k8s takes it from config.env, the overlays set it).
+COMPOSE_ENV = {**FAKE_SECRETS, "PUBLIC_BASE_URL": "https://mediabot.example.com"}
 
 TARGETS = ("base", "overlays/gpu", "overlays/cpu")
 OVERLAYS = ("overlays/gpu", "overlays/cpu")
@@ -30,9 +34,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
 
 @pytest.fixture(scope="session")
 def compose_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .env an operator writes: the required MinIO keys and Twilio credentials, nothing else."""
+    """The .env an operator writes: what compose requires (Twilio, the public URL, MinIO's keys), nothing else."""
     path = tmp_path_factory.mktemp("compose") / "env"
-    path.write_text("".join(f"{key}={value}\n" for key, value in FAKE_SECRETS.items()), encoding="utf-8")
+    path.write_text("".join(f"{key}={value}\n" for key, value in COMPOSE_ENV.items()), encoding="utf-8")
     return path
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 Obj = dict[str, Any]
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+# Everything that runs pods: the services, and the minio-init Job that prepares MinIO for the gateway.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 
 def of_kind(docs: list[Obj], kind: str) -> list[Obj]:

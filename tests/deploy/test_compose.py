@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.deploy import tools
+from tests.deploy.conftest import COMPOSE_ENV
 from tests.deploy.k8s_objects import split_address
 
 Model = dict[str, Any]
@@ -42,22 +43,57 @@ def test_schema_check_rejects_a_misspelt_key() -> None:
     assert list(jsonschema.Draft7Validator(tools.compose_schema()).iter_errors(broken))
 
 
-def test_docker_compose_refuses_to_start_without_minio_credentials(tmp_path: Path) -> None:
+# What compose must be given: there is no development mode in a container (gateway.config refuses the public
+# development token unless the gateway is reachable from its own machine only).
+REQUIRED = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
+            "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
+
+
+def test_docker_compose_refuses_to_render_without_any_variable(tmp_path: Path) -> None:
     empty = tmp_path / "env"
     empty.write_text("", encoding="utf-8")
     result = tools.compose_config(empty)
     assert result.returncode != 0
-    assert "set MINIO_ACCESS_KEY in .env" in result.stderr or "set MINIO_SECRET_KEY in .env" in result.stderr
+    assert re.search(r"set (\w+) in \.env", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("missing", REQUIRED)
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_docker_compose_refuses_to_render_without_each_required_value(tmp_path: Path, missing: str, how: str) -> None:
+    """Each one on its own: an empty value (`TWILIO_AUTH_TOKEN=` as the old .env.example had) counts as unset."""
+    env = {key: value for key, value in COMPOSE_ENV.items() if key != missing}
+    if how == "empty":
+        env[missing] = ""
+    path = tmp_path / "env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in env.items()), encoding="utf-8")
+    result = tools.compose_config(path, profiles=("ngrok",))
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stderr, result.stderr
 
 
 # Services that serve no port and keep no heartbeat, so no healthcheck could say anything true about them
 # (the spool worker: `restart` brings it back if it exits). Nothing may wait for their health.
 UNCHECKED = {"worker"}
+# One-shot services: they exit when done; what depends on them waits for a successful exit, and `up --wait`
+# (make up) only returns once a running service has adopted them that way.
+ONE_SHOT = {"minio-init"}
+
+
+def test_one_shot_services_run_once_and_are_waited_for(compose: Model) -> None:
+    for name in ONE_SHOT:
+        service = compose["services"][name]
+        assert service["healthcheck"] == {"disable": True} and service.get("restart") == "no", name
+        assert not service.get("ports") and not service.get("expose"), name
+        waiting = {other for other, s in compose["services"].items()
+                   if s.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"}
+        assert waiting >= {"gateway", "worker"}, f"{name}: the gateway and worker must wait for it"
 
 
 def test_every_service_has_a_healthcheck(compose: Model) -> None:
     for name, service in compose["services"].items():
         check = service.get("healthcheck")
+        if name in ONE_SHOT:
+            continue  # checked above
         if name in UNCHECKED:
             assert check == {"disable": True} and not service.get("expose") and not service.get("ports"), name
             assert not any(name in other.get("depends_on", {}) for other in compose["services"].values()), name
@@ -68,9 +104,14 @@ def test_every_service_has_a_healthcheck(compose: Model) -> None:
 def test_dependencies_wait_for_health(compose: Model) -> None:
     for name, service in compose["services"].items():
         for dependency, condition in service.get("depends_on", {}).items():
+            if dependency in ONE_SHOT:
+                assert condition["condition"] == "service_completed_successfully", f"{name} -> {dependency}"
+                continue
             assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
             assert "healthcheck" in compose["services"][dependency]
-    assert set(compose["services"]["gateway"]["depends_on"]) == {"audio", "vision", "minio"}
+    assert set(compose["services"]["gateway"]["depends_on"]) == {"audio", "vision", "minio", "minio-init"}
+    assert compose["services"]["worker"]["depends_on"] == compose["services"]["gateway"]["depends_on"]
+    assert set(compose["services"]["minio-init"]["depends_on"]) == {"minio"}
     assert set(compose["services"]["vision"]["depends_on"]) == {"triton"}
 
 
@@ -89,7 +130,7 @@ def test_every_service_has_a_memory_limit(compose: Model) -> None:
 
 
 def test_own_services_run_hardened(compose: Model) -> None:
-    for name in (*OWN_SERVICES, "worker"):
+    for name in (*OWN_SERVICES, "worker", "minio-init"):
         service = compose["services"][name]
         assert service.get("read_only") is True, name
         assert service.get("cap_drop") == ["ALL"], name
@@ -126,8 +167,38 @@ def test_addresses_and_healthchecks_use_the_ports_services_listen_on(compose: Mo
     assert "9000" in services["minio"]["expose"]
     assert "http://127.0.0.1:8080/readyz" in " ".join(services["gateway"]["healthcheck"]["test"])
     assert "/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
-    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == gateway["MINIO_ACCESS_KEY"]
-    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == gateway["MINIO_SECRET_KEY"]
+    init = services["minio-init"]["environment"]
+    assert init["MINIO_URL"] == f"http://{gateway['MINIO_ENDPOINT']}" and gateway["MINIO_SECURE"] == "0"
+    assert "minio-init" in {name for name, s in services.items() if "backend" in s["networks"]}
+
+
+def test_the_gateway_runs_as_the_bucket_limited_user_not_minios_root(compose: Model) -> None:
+    """minio-init (as root) creates the user the gateway and worker get; neither is ever handed the root keys."""
+    services = compose["services"]
+    root = services["minio"]["environment"]
+    init = services["minio-init"]["environment"]
+    assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"])
+    for name in ("gateway", "worker"):
+        env = services[name]["environment"]
+        assert not any(key.startswith("MINIO_ROOT") for key in env), name
+        assert root["MINIO_ROOT_USER"] not in env.values() and root["MINIO_ROOT_PASSWORD"] not in env.values(), name
+        assert (env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"], env["MINIO_BUCKET"]) == (
+            init["MINIO_ACCESS_KEY"], init["MINIO_SECRET_KEY"], init["MINIO_BUCKET"])
+    raw = tools.COMPOSE_FILE.read_text(encoding="utf-8")
+    gateway_block = raw[raw.index("environment: &gateway-environment"):raw.index("tmpfs:", raw.index("environment: &gateway-environment"))]
+    assert "MINIO_ROOT" not in gateway_block
+
+
+def test_minio_init_runs_the_k8s_jobs_script_and_policy(compose: Model) -> None:
+    """One script and one policy for both deployments: compose mounts the files k8s/base's ConfigMap is made of."""
+    init = compose["services"]["minio-init"]
+    mounted = {config["target"]: Path(compose["configs"][config["source"]]["file"]) for config in init["configs"]}
+    assert mounted == {
+        "/etc/minio-init/minio-init.sh": tools.K8S / "base" / "minio-init" / "minio-init.sh",
+        "/etc/minio-init/policy.json": tools.K8S / "base" / "minio-init" / "policy.json",
+    }
+    assert init["entrypoint"] == ["/bin/sh", "/etc/minio-init/minio-init.sh"]
+    assert init["environment"]["MC_CONFIG_DIR"].startswith("/tmp/")
 
 
 def test_backend_is_private_and_only_the_gateway_bridges_it(compose: Model) -> None:
@@ -135,7 +206,7 @@ def test_backend_is_private_and_only_the_gateway_bridges_it(compose: Model) -> N
     members = {name: set(service["networks"]) for name, service in compose["services"].items()}
     assert members["gateway"] == {"edge", "backend"}
     assert members["worker"] == {"edge", "backend"}, "the worker downloads media and calls the services, as the gateway does"
-    for name in ("audio", "vision", "triton"):
+    for name in ("audio", "vision", "triton", "minio-init"):
         assert members[name] == {"backend"}, name
     assert members["ngrok"] == {"edge"}
 
@@ -173,3 +244,22 @@ def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
     assert example.is_file(), ".env.example is missing"
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example.read_text(encoding="utf-8"), re.MULTILINE))
     assert variables - documented == set(), f".env.example does not mention {sorted(variables - documented)}"
+
+
+def test_make_env_fills_in_minio_and_leaves_twilio_and_the_url_to_the_operator(tmp_path: Path) -> None:
+    """`make up` starts from `make .env`: random MinIO secrets for both users, then compose asks for the rest."""
+    for name in ("Makefile", ".env.example"):
+        (tmp_path / name).write_bytes((tools.REPO / name).read_bytes())
+    made = tools.run(["make", "--no-print-directory", ".env"], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    values = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#"))
+    assert set(values) == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert values["MINIO_ACCESS_KEY"] != values["MINIO_ROOT_USER"]
+    assert len(values["MINIO_SECRET_KEY"]) == len(values["MINIO_ROOT_PASSWORD"]) == 32
+    assert values["MINIO_SECRET_KEY"] != values["MINIO_ROOT_PASSWORD"]
+    result = tools.compose_config(tmp_path / ".env")
+    assert result.returncode != 0 and re.search(r"set (TWILIO_ACCOUNT_SID|TWILIO_AUTH_TOKEN|PUBLIC_BASE_URL) in \.env", result.stderr)
+    with (tmp_path / ".env").open("a", encoding="utf-8") as env:
+        env.write("".join(f"{key}={COMPOSE_ENV[key]}\n" for key in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL")))
+    assert tools.compose_config(tmp_path / ".env").returncode == 0

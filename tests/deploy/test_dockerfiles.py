@@ -77,7 +77,7 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
     assert {"DL3007", "DL3013"} <= {f["code"] for f in findings}
 
 
-@pytest.mark.parametrize("script", ["model_repository/deploy_configs.sh", "requirements/lock.sh"])
+@pytest.mark.parametrize("script", ["model_repository/deploy_configs.sh", "requirements/lock.sh", "k8s/base/minio-init/minio-init.sh"])
 def test_shell_scripts_pass_shellcheck(script: str) -> None:
     result = tools.run([tools.shellcheck(), tools.REPO / script])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -39,7 +39,8 @@ GRPC_SERVICES = {"audio": 50051, "vision": 50052}
 METRICS_PORTS = {"gateway": 8080, "audio": 9101, "vision": 9102, "triton": 8002}
 # Containers that serve no port and keep no heartbeat, so no probe could say anything true about them
 # (the spool worker: if it exits the kubelet restarts it). Each must really have no port.
-UNPROBED = {("gateway", "worker")}
+# The minio-init Job runs to completion and serves nothing either.
+UNPROBED = {("gateway", "worker"), ("minio-init", "minio-init")}
 # ConfigMap keys that are addresses, and the workload that dials each.
 ADDRESSES = {"AUDIO_SERVICE_ADDR": "gateway", "VISION_SERVICE_ADDR": "gateway", "MINIO_ENDPOINT": "gateway", "TRITON_URL": "vision"}
 
@@ -144,14 +145,26 @@ def test_images_are_pinned(rendered: Docs, target: str) -> None:
             assert image == f"{OWN_IMAGES[name]}:{version}", f"{image}: the project's images carry pyproject's version {version}"
 
 
-def test_secret_template_holds_no_values() -> None:
+SECRET_KEYS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
+               "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+
+
+def _template() -> dict[str, str]:
     keys = {}
     for line in tools.SECRETS_TEMPLATE.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             keys[key] = value
-    assert set(keys) == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
-    assert all(value == "" for value in keys.values()), f"the template must not hold values: {keys}"
+    return keys
+
+
+def test_secret_template_holds_only_placeholders() -> None:
+    """No empty defaults (which meant the public development token) and nothing that could pass for a value."""
+    from gateway.config import PLACEHOLDER_PREFIX
+
+    keys = _template()
+    assert set(keys) == SECRET_KEYS
+    assert all(value.startswith(PLACEHOLDER_PREFIX) for value in keys.values()), f"the template must hold placeholders: {keys}"
 
 
 def test_real_secrets_file_is_ignored_by_git() -> None:
@@ -162,11 +175,34 @@ def test_real_secrets_file_is_ignored_by_git() -> None:
     assert tracked.returncode != 0, "k8s/base/secrets.env is committed"
 
 
-def test_rendered_secret_from_the_template_is_empty(tmp_path) -> None:
+def _run_minio_init(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The Job's script with the Job's environment, up to its first mc call (no MinIO here: only its own checks)."""
+    return tools.run(["/bin/sh", tools.K8S / "base" / "minio-init" / "minio-init.sh"],
+                     env={**env, "MC_CONFIG_DIR": "/nonexistent"})
+
+
+def test_the_template_applied_unedited_runs_nothing(tmp_path) -> None:  # noqa: ANN001
+    """Rendered from the template, the gateway (and its worker) refuse to start and the minio-init Job fails,
+    each naming a placeholder: no pod runs on values anyone can read in this repository."""
+    from gateway.config import ConfigError, Settings
+
     docs = tools.kustomize(tools.copy_k8s(tmp_path) / "overlays" / "gpu")
-    secrets = of_kind(docs, "Secret")
-    assert len(secrets) == 1
-    assert all(value == "" for value in secrets[0].get("data", {}).values())
+    gateway = workload_named(docs, "gateway")
+    for container in containers(gateway):
+        with pytest.raises(ConfigError, match="still holds the template's REPLACE_ME placeholder"):
+            Settings.from_env(resolved_env(docs, container))
+    (job,) = containers(workload_named(docs, "minio-init"))
+    result = _run_minio_init(resolved_env(docs, job))
+    assert result.returncode == 1
+    assert "still holds the template's REPLACE_ME placeholder" in result.stderr, result.stderr
+
+
+def test_minio_init_refuses_to_make_the_gateway_user_the_root_user(rendered: Docs) -> None:
+    docs = rendered["overlays/gpu"]
+    (job,) = containers(workload_named(docs, "minio-init"))
+    env = resolved_env(docs, job)
+    result = _run_minio_init({**env, "MINIO_ACCESS_KEY": env["MINIO_ROOT_USER"]})
+    assert result.returncode == 1 and "not MinIO's root user" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -234,7 +270,7 @@ def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, tar
                         allowed |= {(source, destination["metadata"]["name"], port["port"]) for source in sources}
 
     config = one(docs, "ConfigMap", "mediabot-config")["data"]
-    needed = {("ns:ingress-nginx", "gateway", 8080)}
+    needed = {("ns:ingress-nginx", "gateway", 8080), ("minio-init", "minio", 9000)}
     needed |= {("ns:monitoring", name, port) for name, port in METRICS_PORTS.items()}
     for key, client in ADDRESSES.items():
         workload, port = service_target(docs, *split_address(config[key]))
@@ -343,3 +379,120 @@ def test_overlays_only_differ_in_triton(rendered: Docs, overlay: str) -> None:
         )
 
     assert without_triton(rendered[overlay]) == without_triton(rendered["base"])
+
+
+# What the gateway pod's egress must keep out of reach, whatever DNS says: the cluster's and the host's own
+# networks, loopback, link-local (the cloud metadata service), carrier-grade NAT; and in IPv6 the spellings of
+# IPv4 (::a.b.c.d, ::ffff:a.b.c.d, local-use NAT64), unique-local and link-local addresses.
+PRIVATE_V4 = {"0.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8", "100.64.0.0/10"}
+PRIVATE_V6 = {"::/96", "::ffff:0:0/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gateway_egress_is_dns_its_services_and_https_to_public_addresses(rendered: Docs, target: str) -> None:
+    import ipaddress
+
+    docs = rendered[target]
+    gateway = workload_named(docs, "gateway")
+    egress = [p for p in of_kind(docs, "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+    selecting = [p for p in egress if selected_workloads(docs, p["spec"]["podSelector"].get("matchLabels", {})) == [gateway]]
+    assert len(selecting) == 1, "one egress policy for the gateway pod (its spool worker shares it)"
+    assert {c["name"] for c in containers(gateway)} == {"gateway", "worker"}
+    rules = selecting[0]["spec"]["egress"]
+
+    allowed_pods: set[tuple[str, int]] = set()
+    dns = public = None
+    for rule in rules:
+        ports = {(port["port"], port.get("protocol", "TCP")) for port in rule["ports"]}
+        peers = rule["to"]
+        if all("ipBlock" in peer for peer in peers):
+            assert public is None and ports == {(443, "TCP")}, "public addresses: HTTPS only"
+            public = {ipaddress.ip_network(peer["ipBlock"]["cidr"]).version: peer["ipBlock"] for peer in peers}
+        elif any("namespaceSelector" in peer for peer in peers):
+            (peer,) = peers
+            assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+            dns = ports
+        else:
+            for peer in peers:
+                (target_workload,) = selected_workloads(docs, peer["podSelector"]["matchLabels"])
+                for port, protocol in ports:
+                    assert protocol == "TCP" and port in container_ports(target_workload).values()
+                    allowed_pods.add((target_workload["metadata"]["name"], port))
+    assert dns == {(53, "UDP"), (53, "TCP")}
+
+    config = one(docs, "ConfigMap", "mediabot-config")["data"]
+    dialed = {
+        (service_target(docs, *split_address(config[key]))[0]["metadata"]["name"], service_target(docs, *split_address(config[key]))[1])
+        for key, client in ADDRESSES.items() if client == "gateway"
+    }
+    assert allowed_pods == dialed == {("audio", 50051), ("vision", 50052), ("minio", 9000)}
+
+    assert public is not None and set(public) == {4, 6}
+    assert public[4]["cidr"] == "0.0.0.0/0" and set(public[4]["except"]) >= PRIVATE_V4
+    assert public[6]["cidr"] == "::/0" and set(public[6]["except"]) >= PRIVATE_V6
+    for block in public.values():
+        whole = ipaddress.ip_network(block["cidr"])
+        assert all(ipaddress.ip_network(cidr).subnet_of(whole) for cidr in block["except"])  # the API requires it
+    for address in ("169.254.169.254", "10.96.0.1", "127.0.0.1", "::1", "::ffff:10.0.0.1", "fd00::1", "::10.0.0.1"):
+        ip = ipaddress.ip_address(address)
+        assert any(ip in ipaddress.ip_network(cidr) for cidr in public[ip.version]["except"]), address
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_gateway_never_gets_minios_root_credentials(rendered: Docs, target: str) -> None:
+    """The gateway and worker run as the bucket-limited user the minio-init Job creates; root stays with MinIO."""
+    docs = rendered[target]
+    root_keys = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    for container in containers(workload_named(docs, "gateway")):
+        refs = {item["valueFrom"]["secretKeyRef"]["key"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
+        assert not refs & root_keys and not {item["name"] for item in container["env"]} & root_keys, container["name"]
+        assert refs == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+        env = resolved_env(docs, container)
+        assert env["MINIO_ACCESS_KEY"] != resolved_env(docs, containers(workload_named(docs, "minio"))[0])["MINIO_ROOT_USER"]
+    (minio,) = containers(workload_named(docs, "minio"))
+    assert {item["valueFrom"]["secretKeyRef"]["key"] for item in minio["env"]} == root_keys
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_minio_init_job_creates_what_the_gateway_uses(rendered: Docs, target: str) -> None:
+    docs = rendered[target]
+    job = workload_named(docs, "minio-init")
+    assert job["kind"] == "Job" and pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
+    (init,) = containers(job)
+    env = resolved_env(docs, init)
+    gateway_env = resolved_env(docs, containers(workload_named(docs, "gateway"))[0])
+    scheme = "https" if gateway_env["MINIO_SECURE"] == "1" else "http"
+    assert env["MINIO_URL"] == f"{scheme}://{gateway_env['MINIO_ENDPOINT']}"
+    for key in ("MINIO_BUCKET", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        assert env[key] == gateway_env[key], key
+    minio_env = resolved_env(docs, containers(workload_named(docs, "minio"))[0])
+    assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
+
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    volume = next(v for v in pod_spec(job)["volumes"] if v["name"] in mounts and "configMap" in v)
+    script_dir = mounts[volume["name"]]
+    assert init["command"] == ["/bin/sh", f"{script_dir}/minio-init.sh"]
+    data = one(docs, "ConfigMap", "minio-init")["data"]
+    source = tools.K8S / "base" / "minio-init"
+    assert data == {name: (source / name).read_text(encoding="utf-8") for name in ("minio-init.sh", "policy.json")}
+    assert env["MC_CONFIG_DIR"].startswith(mounts["tmp"])
+
+
+def test_bucket_policy_allows_the_bucket_and_nothing_else() -> None:
+    """What minio_store does (HEAD/list the bucket, get/put/stat/delete objects, multipart uploads, the SDK's
+    GetBucketLocation), on arn:aws:s3:::BUCKET and BUCKET/* only: no other bucket, no bucket creation, no admin."""
+    import json
+
+    policy = json.loads((tools.K8S / "base" / "minio-init" / "policy.json").read_text(encoding="utf-8"))
+    by_resource: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and "Principal" not in statement and "NotAction" not in statement
+        for resource in statement["Resource"]:
+            by_resource.setdefault(resource, set()).update(statement["Action"])
+    assert by_resource == {
+        "arn:aws:s3:::@BUCKET@": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"},
+        "arn:aws:s3:::@BUCKET@/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+                                   "s3:ListMultipartUploadParts"},
+    }
+    assert len(json.dumps(policy)) <= 2048, "mc admin policy create takes at most 2048 characters"

@@ -37,8 +37,11 @@ def test_target_renders_the_whole_system(rendered: dict[str, list[dict[str, Any]
         *(("Service", name) for name in ("gateway", "audio", "vision", "triton", "minio", "minio-console")),
         *(("HorizontalPodAutoscaler", name) for name in ("gateway", "audio", "vision")),
         ("StatefulSet", "minio"),
+        ("Job", "minio-init"),
+        ("ConfigMap", "minio-init"),
         ("Ingress", "gateway"),
         ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "gateway-egress"),
     }
     assert expected <= kinds, f"missing: {sorted(expected - kinds)}"
 

@@ -66,6 +66,58 @@ def test_development_credentials_when_none_are_set() -> None:
     assert "127.0.0.1" not in Settings.from_env(REAL).media_host_allowlist
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://127.0.0.53:9000", "http://localhost:8080", "http://[::1]:8080"])
+def test_development_credentials_with_a_loopback_url(url: str) -> None:
+    assert Settings.from_env({"PUBLIC_BASE_URL": url, "TRUST_PROXY": "0"}).dev_credentials
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PUBLIC_BASE_URL": "https://abc.ngrok.app"},
+        {"PUBLIC_BASE_URL": "https://mediabot.example.com", "TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": ""},
+        {"PUBLIC_BASE_URL": "http://192.168.1.20:8080"},
+        {"PUBLIC_BASE_URL": "http://localhost.example.com:8080"},
+        {"PUBLIC_BASE_URL": "http://127.0.0.1:8080", "TRUST_PROXY": "1"},
+        # The development token written out is as public as the one left unset.
+        {"PUBLIC_BASE_URL": "https://abc.ngrok.app", "TWILIO_ACCOUNT_SID": "AC" + "1f" * 16,
+         "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN},
+    ],
+)
+def test_development_credentials_refuse_to_face_the_internet(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    message = str(raised.value)
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL", "TRUST_PROXY"):
+        assert name in message
+
+
+def test_the_gateway_does_not_start_on_development_credentials_with_a_public_url(tmp_path: Path) -> None:
+    with pytest.raises(GatewayStartupError, match="development credentials .* PUBLIC_BASE_URL=https://abc.ngrok.app"):
+        create_app({"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": "", "PUBLIC_BASE_URL": "https://abc.ngrok.app",
+                    "TRUST_PROXY": "0", "MEDIA_ROOT": tmp_path})
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({**REAL, "TWILIO_AUTH_TOKEN": "REPLACE_ME_with_the_auth_token"}, "TWILIO_AUTH_TOKEN"),
+        ({**REAL, "TWILIO_ACCOUNT_SID": "REPLACE_ME_with_the_account_sid"}, "TWILIO_ACCOUNT_SID"),
+        ({**REAL, "TWILIO_WEBHOOK_SHARED_KEY": "replace_me"}, "TWILIO_WEBHOOK_SHARED_KEY"),
+        ({**MINIO, "MINIO_ACCESS_KEY": "REPLACE_ME_minio_user"}, "MINIO_ACCESS_KEY"),
+        ({**MINIO, "MINIO_SECRET_KEY": "REPLACE_ME_minio_secret"}, "MINIO_SECRET_KEY"),
+    ],
+)
+def test_a_template_placeholder_left_in_a_secret_stops_start_up(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} still holds the template's REPLACE_ME placeholder"):
+        Settings.from_env(env)
+
+
+def test_trust_proxy_needs_an_explicit_public_url() -> None:
+    with pytest.raises(ConfigError, match="TRUST_PROXY=1 needs PUBLIC_BASE_URL"):
+        Settings.from_env({**REAL, "TRUST_PROXY": "1"})
+
+
 def test_development_credentials_are_announced_loudly(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     app = create_app({"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": "", "MEDIA_ROOT": tmp_path})
     try:
@@ -99,6 +151,7 @@ def test_values_are_read() -> None:
     [
         ({"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16}, "TWILIO_AUTH_TOKEN"),
         ({**REAL, "TWILIO_ACCOUNT_SID": "not-a-sid"}, "TWILIO_ACCOUNT_SID"),
+        ({**REAL, "TWILIO_ACCOUNT_SID": "AC" + "x" * 32}, "TWILIO_ACCOUNT_SID"),
         ({**REAL, "STORAGE": "s3"}, "STORAGE"),
         ({**REAL, "STORAGE": "minio"}, "MINIO_ENDPOINT"),
         ({**MINIO, "MINIO_ENDPOINT": "http://minio:9000"}, "MINIO_ENDPOINT"),

@@ -107,11 +107,11 @@ def test_get_of_a_missing_or_malformed_key(configured: Store, capsys: pytest.Cap
 
 def test_unusable_storage_is_a_clear_error(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    for key, value in s3_server.gateway_env(new_bucket_name(), MINIO_SECRET_KEY="wrong").items():
+    for key, value in s3_server.gateway_env(new_bucket_name(), create_bucket=False, MINIO_SECRET_KEY="wrong").items():
         monkeypatch.setenv(key, str(value))
     assert main(["list"]) == 1
     assert "refused MINIO_SECRET_KEY" in capsys.readouterr().err
-    monkeypatch.setenv("MINIO_SECRET_KEY", s3_server.gateway_env("x")["MINIO_SECRET_KEY"])  # right key, no bucket
+    monkeypatch.setenv("MINIO_SECRET_KEY", s3_server.gateway_env("x", create_bucket=False)["MINIO_SECRET_KEY"])  # right key, no bucket
     assert main(["list"]) == 1
     assert "does not exist" in capsys.readouterr().err
     monkeypatch.setenv("STORAGE", "s3")

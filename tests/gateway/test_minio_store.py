@@ -184,14 +184,15 @@ def test_a_damaged_claim_is_reported_not_overwritten(store: MinioStore) -> None:
 # -- start-up ---------------------------------------------------------------------------------------------
 
 
-def test_replicas_starting_together_create_the_bucket_once(s3_server: SeaweedS3, s3_bucket: str) -> None:
+def test_replicas_starting_together_all_find_the_bucket(s3_server: SeaweedS3, s3_bucket: str) -> None:
     start = threading.Barrier(6)
     outcomes: list[object] = []
+    shared = settings(s3_server, s3_bucket)  # the bucket is made here, once, as minio-init does
 
     def replica() -> None:
         start.wait()
         try:
-            store = MinioStore.connect(settings(s3_server, s3_bucket))
+            store = MinioStore.connect(shared)
         except BaseException as error:  # noqa: BLE001 - reported below
             outcomes.append(error)
             return
@@ -223,12 +224,16 @@ def test_wrong_endpoint_or_credentials_stop_start_up_with_a_clear_message(
 ) -> None:
     with pytest.raises(StoreStartupError, match=message):
         MinioStore.connect(settings(s3_server, s3_bucket, **overrides))
-    assert not s3_server.client().bucket_exists(s3_bucket)
+    assert list(s3_server.client().list_objects(s3_bucket, recursive=True)) == []
 
 
-def test_browsing_does_not_create_a_missing_bucket(s3_server: SeaweedS3, s3_bucket: str) -> None:
-    with pytest.raises(StoreStartupError, match="does not exist"):
-        MinioStore.connect(settings(s3_server, s3_bucket), for_writing=False)
+@pytest.mark.parametrize("for_writing", [True, False], ids=["gateway", "browsing"])
+def test_a_missing_bucket_stops_start_up_and_is_not_created(
+    s3_server: SeaweedS3, s3_bucket: str, for_writing: bool
+) -> None:
+    """The gateway's MinIO user is limited to its bucket: the deployment creates it (minio-init), never the gateway."""
+    with pytest.raises(StoreStartupError, match=r"does not exist \(MINIO_BUCKET\).*minio-init"):
+        MinioStore.connect(settings(s3_server, s3_bucket, create_bucket=False), for_writing=for_writing)
     assert not s3_server.client().bucket_exists(s3_bucket)
 
 
@@ -247,7 +252,7 @@ def test_gunicorn_exits_non_zero_on_refused_credentials(s3_server: SeaweedS3, s3
     assert result.returncode == 3, result.stderr[-2000:]
     assert "gateway: storage: the S3 server for bucket" in result.stderr + result.stdout
     assert "refused MINIO_SECRET_KEY" in result.stderr + result.stdout
-    assert not s3_server.client().bucket_exists(s3_bucket)
+    assert list(s3_server.client().list_objects(s3_bucket, recursive=True)) == []
 
 
 # -- the gateway while the storage goes down and comes back ---------------------------------------------

@@ -107,27 +107,101 @@ def test_query_string_is_part_of_the_signed_url(make_gateway: Callable[..., Flas
 
 
 class TestBehindAProxy:
-    """TRUST_PROXY=1: the signed URL is the one werkzeug's ProxyFix rebuilds from X-Forwarded-*."""
+    """TRUST_PROXY=1: the signed URL still comes from PUBLIC_BASE_URL; X-Forwarded-* choose nothing in it.
+
+    The forged requests carry a signature Twilio really made with our token, for another URL (another app on
+    the same account, or a tunnel of ours from last week): with the host, scheme or prefix taken from headers,
+    replaying it with matching X-Forwarded-* would pass.
+    """
 
     NGROK = "https://abc.ngrok.app/whatsapp"
     FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.ngrok.app", "X-Forwarded-For": "203.0.113.9"}
 
-    def test_forwarded_url_is_validated(self, make_gateway: Callable[..., Flask]) -> None:
-        client = make_gateway(TRUST_PROXY="1", PUBLIC_BASE_URL="http://127.0.0.1:8080").test_client()
-        response = signed_post(client, media_form([]), sign_url=self.NGROK, headers=self.FORWARDED)
-        assert response.status_code == 200
+    def gateway(self, make_gateway: Callable[..., Flask]) -> Flask:
+        return make_gateway(TRUST_PROXY="1", PUBLIC_BASE_URL="https://abc.ngrok.app")
 
-    def test_forwarded_host_must_match_the_signature(self, make_gateway: Callable[..., Flask]) -> None:
-        client = make_gateway(TRUST_PROXY="1").test_client()
-        headers = {**self.FORWARDED, "X-Forwarded-Host": "evil.example"}
-        response = signed_post(client, media_form([]), sign_url=self.NGROK, headers=headers)
-        assert response.status_code == 403
+    def test_the_public_url_is_validated_whatever_the_proxy_forwards(self, make_gateway: Callable[..., Flask]) -> None:
+        client = self.gateway(make_gateway).test_client()
+        assert signed_post(client, media_form([]), sign_url=self.NGROK, headers=self.FORWARDED).status_code == 200
+        assert signed_post(client, media_form([]), sign_url=self.NGROK).status_code == 200
+
+    @pytest.mark.parametrize(
+        ("sign_url", "forged"),
+        [
+            ("https://other-app.example/whatsapp", {"X-Forwarded-Host": "other-app.example"}),
+            ("http://abc.ngrok.app/whatsapp", {"X-Forwarded-Proto": "http"}),
+            ("https://abc.ngrok.app:8443/whatsapp", {"X-Forwarded-Port": "8443"}),
+            ("https://abc.ngrok.app/tenant/whatsapp", {"X-Forwarded-Prefix": "/tenant"}),
+            ("https://other-app.example/whatsapp", {"Forwarded": "proto=https;host=other-app.example"}),
+            ("https://other-app.example/whatsapp", {"Host": "other-app.example"}),
+        ],
+    )
+    def test_forged_forwarded_headers_cannot_move_the_signed_url(
+        self, make_gateway: Callable[..., Flask], form: dict[str, str], media_server: MediaServer, media_root: Path,
+        sign_url: str, forged: dict[str, str],
+    ) -> None:
+        client = self.gateway(make_gateway).test_client()
+        response = signed_post(client, form, sign_url=sign_url, headers={**self.FORWARDED, **forged})
+        assert_refused(response, media_server, media_root)
+
+    def test_the_client_address_comes_from_the_one_trusted_hop(
+        self, make_gateway: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The proxy appends the address it saw; whatever the client wrote before it is not believed."""
+        client = self.gateway(make_gateway).test_client()
+        headers = {"X-Forwarded-For": "127.0.0.1, 198.51.100.20"}
+        assert signed_post(client, media_form([]), token="wrong", headers=headers).status_code == 403
+        (record,) = [r for r in caplog.records if r.getMessage() == "signature rejected"]
+        assert record.remote_addr == "198.51.100.20"
 
     def test_without_trust_proxy_forwarded_headers_are_ignored(self, make_gateway: Callable[..., Flask]) -> None:
         client = make_gateway().test_client()
         response = signed_post(client, media_form([]), sign_url=self.NGROK, headers=self.FORWARDED)
         assert response.status_code == 403
         assert signed_post(client, media_form([]), headers=self.FORWARDED).status_code == 200
+
+
+class TestDevelopmentMode:
+    """No Twilio credentials: the public development token, accepted from this machine only."""
+
+    LOCAL = "http://127.0.0.1:8080"
+
+    def gateway(self, make_gateway: Callable[..., Flask]) -> Flask:
+        app = make_gateway(TWILIO_ACCOUNT_SID="", TWILIO_AUTH_TOKEN="", PUBLIC_BASE_URL=self.LOCAL)
+        assert app.extensions["mediabot"].settings.dev_credentials
+        return app
+
+    @pytest.mark.parametrize("remote_addr", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+    def test_loopback_clients_are_served(self, make_gateway: Callable[..., Flask], remote_addr: str) -> None:
+        from gateway.config import DEV_AUTH_TOKEN
+
+        client = self.gateway(make_gateway).test_client()
+        response = signed_post(client, media_form([]), sign_url=f"{self.LOCAL}/whatsapp", token=DEV_AUTH_TOKEN,
+                               remote_addr=remote_addr)
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize("remote_addr", ["203.0.113.7", "10.0.0.8", "172.17.0.1", "::ffff:203.0.113.7", "2001:db8::1"])
+    def test_a_validly_signed_webhook_from_elsewhere_gets_403_and_fetches_nothing(
+        self, make_gateway: Callable[..., Flask], form: dict[str, str], media_server: MediaServer, media_root: Path,
+        remote_addr: str,
+    ) -> None:
+        """The forged webhook of the issue: signed with the token from the repository, media on loopback."""
+        from gateway.config import DEV_AUTH_TOKEN
+
+        client = self.gateway(make_gateway).test_client()
+        response = signed_post(client, form, sign_url=f"{self.LOCAL}/whatsapp", token=DEV_AUTH_TOKEN,
+                               remote_addr=remote_addr)
+        assert_refused(response, media_server, media_root)
+
+    def test_x_forwarded_for_cannot_claim_loopback(
+        self, make_gateway: Callable[..., Flask], form: dict[str, str], media_server: MediaServer, media_root: Path
+    ) -> None:
+        from gateway.config import DEV_AUTH_TOKEN
+
+        client = self.gateway(make_gateway).test_client()
+        response = signed_post(client, form, sign_url=f"{self.LOCAL}/whatsapp", token=DEV_AUTH_TOKEN,
+                               remote_addr="203.0.113.7", headers={"X-Forwarded-For": "127.0.0.1"})
+        assert_refused(response, media_server, media_root)
 
 
 class TestSharedKey:

@@ -36,29 +36,33 @@ NGROK = "https://f00d-203-0-113-9.ngrok-free.app"
         # Query string: signed as sent, byte for byte; reordering it breaks the signature.
         ({}, "/whatsapp?a=1&b=two%20words", {}, "https://bot.example.test/whatsapp?a=1&b=two%20words", 200),
         ({}, "/whatsapp?b=two%20words&a=1", {}, "https://bot.example.test/whatsapp?a=1&b=two%20words", 403),
-        # An ingress that sets X-Forwarded-Proto/Host/Port (TRUST_PROXY=1): the URL is rebuilt from them.
-        ({"TRUST_PROXY": "1"}, "/whatsapp",
+        # Behind one proxy (TRUST_PROXY=1) the URL still comes from PUBLIC_BASE_URL, port included; what the
+        # proxy forwards in X-Forwarded-* neither helps nor hurts.
+        ({"TRUST_PROXY": "1", "PUBLIC_BASE_URL": "https://hooks.example.test:8443"}, "/whatsapp",
          {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.test", "X-Forwarded-Port": "8443",
           "X-Forwarded-For": "203.0.113.9"},
          "https://hooks.example.test:8443/whatsapp", 200),
-        ({"TRUST_PROXY": "1"}, "/whatsapp",
+        ({"TRUST_PROXY": "1", "PUBLIC_BASE_URL": "https://hooks.example.test"}, "/whatsapp",
          {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.test", "X-Forwarded-Port": "443"},
          "https://hooks.example.test/whatsapp", 200),
         # ...and the default port may be signed spelled out or not (Twilio's validator tries both).
-        ({"TRUST_PROXY": "1"}, "/whatsapp",
+        ({"TRUST_PROXY": "1", "PUBLIC_BASE_URL": "https://hooks.example.test"}, "/whatsapp",
          {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.test", "X-Forwarded-Port": "443"},
          "https://hooks.example.test:443/whatsapp", 200),
-        # The proxy says http, Twilio signed https: not the same URL.
-        ({"TRUST_PROXY": "1"}, "/whatsapp",
+        # A proxy that says http (TLS ended in front of it) does not change the scheme Twilio signed.
+        ({"TRUST_PROXY": "1", "PUBLIC_BASE_URL": "https://hooks.example.test"}, "/whatsapp",
          {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "hooks.example.test"},
-         "https://hooks.example.test/whatsapp", 403),
-        # Without TRUST_PROXY a client cannot pick the URL it is checked against with forged headers.
+         "https://hooks.example.test/whatsapp", 200),
+        # Forged headers pick nothing, with or without TRUST_PROXY: a signature made for another URL stays refused.
+        ({"TRUST_PROXY": "1", "PUBLIC_BASE_URL": "https://hooks.example.test"}, "/whatsapp",
+         {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
+         "https://evil.example/whatsapp", 403),
         ({}, "/whatsapp", {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
          "https://evil.example/whatsapp", 403),
     ],
     ids=["ngrok", "ngrok-signed-for-local-url", "explicit-port", "explicit-port-dropped", "other-port", "query",
-         "query-reordered", "ingress-port", "ingress-default-port", "ingress-default-port-spelled",
-         "ingress-scheme-mismatch", "forged-forwarded-headers"],
+         "query-reordered", "proxy-port", "proxy-default-port", "proxy-default-port-spelled",
+         "proxy-says-http", "forged-forwarded-host-behind-proxy", "forged-forwarded-headers"],
 )
 def test_signed_url_shapes(
     make_gateway: Callable[..., Flask], env: dict[str, str], path: str, headers: dict[str, str], sign_url: str,
