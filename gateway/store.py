@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -126,6 +127,34 @@ class Store(Protocol):
         """Every sender id that has a prefix in the store, sorted."""
         ...
 
+    def holds_any(self, sender_id: str) -> bool:
+        """Whether anything at all is kept for this sender (cheaper than ``list``: no metadata is read)."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove one media object and its bookkeeping; False if there was none."""
+        ...
+
+    def erase(self, sender_id: str) -> int:
+        """Remove everything kept for this sender (media, metadata, claims); returns how many media objects
+        went. Markers (below) are not touched: the privacy layer decides which of those to keep."""
+        ...
+
+    def expire(self, before: datetime) -> int:
+        """Remove every media object received before ``before`` (retention); returns how many went."""
+        ...
+
+    def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
+        """Record a per-sender event (``name`` from MARKERS) with its time, visible to every process."""
+        ...
+
+    def marker(self, name: str, sender_id: str) -> datetime | None:
+        """When ``set_marker(name, sender_id, ...)`` last happened, if it did and was not cleared."""
+        ...
+
+    def clear_marker(self, name: str, sender_id: str) -> None:
+        ...
+
     def check(self) -> str:
         """"SERVING" when the store can take writes now, else one word saying why not (for /readyz)."""
         ...
@@ -168,6 +197,36 @@ def is_media_key(key: str) -> bool:
 def is_sender_id(value: str) -> bool:
     """Whether ``value`` can be a sender prefix (the same rule MediaRef applies)."""
     return re.fullmatch(_SEGMENT, value) is not None
+
+
+# Per-sender events the privacy layer records in the store, so every gateway process and worker sees them:
+#   erased           when everything of the sender's was erased; items received before it are never stored
+#   erase_requested  a DELETE waiting for its DELETE ALL
+#   noticed          the privacy notice was sent
+MARKERS = frozenset({"erased", "erase_requested", "noticed"})
+
+
+def check_marker(name: str, sender_id: str) -> None:
+    """InvalidKey unless ``name`` is a known marker and ``sender_id`` a safe path segment."""
+    if name not in MARKERS:
+        raise InvalidKey(f"unknown marker {name!r}")
+    if not is_sender_id(sender_id):
+        raise InvalidKey("sender id is not a safe path segment")
+
+
+def marker_text(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("marker times must be timezone-aware")
+    return at.astimezone(UTC).isoformat()
+
+
+def parse_marker(text: str) -> datetime | None:
+    """The time a marker holds; None for a damaged one (a torn write reads as "not set")."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def newest_first(objects: list[StoredObject]) -> list[StoredObject]:
@@ -298,6 +357,56 @@ class FilesystemStore:
             return []
         return sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and is_sender_id(entry.name))
 
+    def holds_any(self, sender_id: str) -> bool:
+        return bool(self._media_keys(sender_id))
+
+    def delete(self, key: str) -> bool:
+        ref, _ = parse_key(key)
+        existed = self._load(key) is not None
+        self._discard(key)
+        ref_path = self._ref_path(ref)
+        try:
+            if ref_path.read_text(encoding="ascii").strip() == key:
+                ref_path.unlink(missing_ok=True)
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        return existed
+
+    def erase(self, sender_id: str) -> int:
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        count = len(self._media_keys(sender_id))
+        folder = self._path_under_root(f"whatsapp/{sender_id}")
+        # The whole folder: media, sidecars, pointer files, and the temp files of a write in progress
+        # (that write then fails and is retried, and the erase marker drops it).
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(folder)  # a second pass for what a concurrent write created meanwhile; raises if stuck
+        return count
+
+    def expire(self, before: datetime) -> int:
+        gone = 0
+        for sender in self.senders():
+            for key in self._media_keys(sender):
+                if parse_key(key)[1] < before and self.delete(key):
+                    gone += 1
+        return gone
+
+    def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
+        path = self._marker_path(name, sender_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, marker_text(at).encode("ascii"))
+        _fsync_dir(path.parent)
+
+    def marker(self, name: str, sender_id: str) -> datetime | None:
+        try:
+            return parse_marker(self._marker_path(name, sender_id).read_text(encoding="ascii"))
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def clear_marker(self, name: str, sender_id: str) -> None:
+        self._marker_path(name, sender_id).unlink(missing_ok=True)
+
     def check(self) -> str:
         if not self._root.is_dir():
             return "MISSING"
@@ -307,6 +416,24 @@ class FilesystemStore:
         """Nothing to release: every call opens and closes its own files."""
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _media_keys(self, sender_id: str) -> list[str]:
+        """Keys of the sender's complete media objects (sidecar present), without reading any metadata."""
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        keys = []
+        for kind in sorted(EXTENSIONS):
+            prefix = f"whatsapp/{sender_id}/{kind}"
+            directory = self._path_under_root(prefix)
+            if directory.is_dir():
+                keys += [f"{prefix}/{entry.name}" for entry in directory.iterdir()
+                         if _KEY.fullmatch(f"{prefix}/{entry.name}") and _sidecar(entry).is_file()]
+        return keys
+
+    def _marker_path(self, name: str, sender_id: str) -> Path:
+        """Markers live beside the senders' folders, not in them: ``.mediabot/markers/{name}/whatsapp/{id}``."""
+        check_marker(name, sender_id)
+        return self._path_under_root(f".mediabot/markers/{name}/whatsapp/{sender_id}")
 
     def _ref_path(self, ref: MediaRef) -> Path:
         return self._path_under_root(f"whatsapp/{ref.sender_id}/{ref.kind}") / f".{ref.message_sid}_{ref.index}.ref"
