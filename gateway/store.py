@@ -99,6 +99,10 @@ class StoredObject:
 
 
 class Store(Protocol):
+    # True when the storage itself expires old media (an S3 bucket lifecycle rule for RETENTION_DAYS), so
+    # the worker need not sweep.
+    expires_by_itself: bool
+
     def put(
         self,
         ref: MediaRef,
@@ -266,6 +270,8 @@ class FilesystemStore:
     Containment: keys are matched against a strict pattern (no dots, no separators inside segments) and
     the resolved path must stay under the resolved root, so nothing is written outside ``root``.
     """
+
+    expires_by_itself = False  # the worker's sweep expires old media here (gateway.privacy)
 
     def __init__(self, root: Path | str, *, lock_timeout_s: float = 10.0) -> None:
         self._root = Path(root).resolve()

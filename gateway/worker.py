@@ -22,6 +22,7 @@ import time
 from gateway.budget import Budget
 from gateway.config import ConfigError, Settings
 from gateway.intake import Intake
+from gateway.privacy import Privacy
 from gateway.spool import Backoff, Spool
 from mediabot.logs import configure_logging
 
@@ -29,21 +30,49 @@ logger = logging.getLogger("gateway.worker")
 
 
 class SpoolWorker:
-    def __init__(self, spool: Spool, intake: Intake, *, poll_s: float, attempt_budget_s: float) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        intake: Intake,
+        *,
+        poll_s: float,
+        attempt_budget_s: float,
+        retention: Privacy | None = None,
+        sweep_every_s: float = 3600.0,
+    ) -> None:
         self._spool = spool
         self._intake = intake
         self._poll_s = poll_s
         self._attempt_budget_s = attempt_budget_s
+        # RETENTION_DAYS where the store does not expire media by itself (filesystem, an S3 without a rule).
+        self._retention = retention
+        self._sweep_every_s = sweep_every_s
+        self._next_sweep = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Attempt every due entry, then sleep a poll interval; until ``stop`` is set (checked between
-        entries, so an attempt in hand is finished and everything else stays spooled)."""
+        entries, so an attempt in hand is finished and everything else stays spooled). Expire old media
+        every ``sweep_every_s`` when retention is the worker's job."""
         logger.info("spool worker started", extra={"spool_dir": str(self._spool.directory),
-                                                  "spooled": self._spool.depth()})
+                                                  "spooled": self._spool.depth(),
+                                                  "expires_media": self._retention is not None})
         while not stop.is_set():
             self.run_once(stop)
+            self.sweep_if_due()
             stop.wait(self._poll_s)
         logger.info("spool worker stopped", extra={"spooled": self._spool.depth()})
+
+    def sweep_if_due(self, now: float | None = None) -> int:
+        """Expire media older than RETENTION_DAYS, at most once per ``sweep_every_s``; how many went."""
+        now = time.monotonic() if now is None else now
+        if self._retention is None or now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self._sweep_every_s
+        try:
+            return self._retention.expire()
+        except OSError as error:  # storage down: the next sweep tries again
+            logger.warning("could not expire old media", extra={"error": str(error)})
+            return 0
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """One pass over the due entries; returns how many were attempted."""
@@ -86,8 +115,13 @@ def main() -> int:
     try:
         intake = Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
                         settings.spool_give_up_after_s)
-        worker = SpoolWorker(Spool(settings.spool_dir), intake, poll_s=settings.spool_poll_s,
-                             attempt_budget_s=settings.spool_attempt_budget_s)
+        spool = Spool(settings.spool_dir)
+        retention = None
+        if settings.retention_days is not None and not services.store.expires_by_itself:
+            retention = Privacy(services.store, spool, retention_days=settings.retention_days)
+        worker = SpoolWorker(spool, intake, poll_s=settings.spool_poll_s,
+                             attempt_budget_s=settings.spool_attempt_budget_s, retention=retention,
+                             sweep_every_s=settings.retention_sweep_s)
         worker.run(stop)
     finally:
         services.close()
