@@ -135,8 +135,8 @@ class Settings:
     grpc_max_attempts: int = 3
     # Privacy (gateway.privacy): media older than this many days expires; None keeps it until erased.
     retention_days: int | None = None
-    # How often the worker expires old media where no bucket lifecycle rule does (filesystem, other S3s).
-    retention_sweep_s: float = 3600.0
+    # How often the worker expires old media (where no bucket lifecycle rule does) and forgets old markers.
+    privacy_sweep_s: float = 3600.0
     # The line added to the first reply a sender gets; empty: the built-in text. A policy link goes after it.
     privacy_notice: str = ""
     privacy_policy_url: str = ""
@@ -230,7 +230,7 @@ class Settings:
             retention_days=(
                 _int(get("RETENTION_DAYS"), "RETENTION_DAYS", 0, minimum=1) if get("RETENTION_DAYS") else None
             ),
-            retention_sweep_s=_float(get("RETENTION_SWEEP_S"), "RETENTION_SWEEP_S", 3600.0),
+            privacy_sweep_s=_float(get("PRIVACY_SWEEP_S"), "PRIVACY_SWEEP_S", 3600.0),
             privacy_notice=get("PRIVACY_NOTICE") or "",
             privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
         )

@@ -360,6 +360,20 @@ class MinioStore:
         with self._errors("delete"):
             self._client.remove_object(self._bucket, marker_object(name, sender_id))
 
+    def markers(self, name: str) -> dict[str, datetime]:
+        prefix = marker_object(name, "0").rsplit("/", 1)[0] + "/"
+        with self._errors("list"):
+            senders = [
+                item.object_name.rsplit("/", 1)[1]
+                for item in self._client.list_objects(self._bucket, prefix=prefix)
+                if item.object_name and is_sender_id(item.object_name.rsplit("/", 1)[1])
+            ]
+        found = {}
+        for sender in senders:
+            if (at := self.marker(name, sender)) is not None:
+                found[sender] = at
+        return found
+
     def set_retention(self, days: int) -> bool:
         """Expire objects older than ``days`` with a bucket lifecycle rule; False (and the worker sweeps
         instead) where the server or this user's policy does not allow it. Never stops start-up."""

@@ -206,6 +206,25 @@ class Privacy:
             logger.info("expired old media", extra={"expired": gone, "retention_days": self._retention_days})
         return gone
 
+    def forget_old_markers(self, erasure_memory: timedelta) -> int:
+        """Drop the markers that name a sender once they are no longer needed, since each is their number:
+        an erase after ``erasure_memory`` (when nothing received before it can still be retried: the spool
+        gives up after SPOOL_GIVE_UP_AFTER_S), an unconfirmed DELETE after its 10 minutes, and, with
+        RETENTION_DAYS, a notice older than that (such a sender simply gets the notice again)."""
+        now = self._clock()
+        limits = {"erased": erasure_memory, "erase_requested": CONFIRM_WINDOW}
+        if self._retention_days is not None:
+            limits["noticed"] = timedelta(days=self._retention_days)
+        forgotten = 0
+        for name, limit in limits.items():
+            for sender, at in self._store.markers(name).items():
+                if now - at > limit:
+                    self._store.clear_marker(name, sender)
+                    forgotten += 1
+        if forgotten:
+            logger.info("forgot old privacy markers", extra={"forgotten": forgotten})
+        return forgotten
+
 
 def _sender_of(entry: Entry) -> str | None:
     try:

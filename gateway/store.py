@@ -159,6 +159,10 @@ class Store(Protocol):
     def clear_marker(self, name: str, sender_id: str) -> None:
         ...
 
+    def markers(self, name: str) -> dict[str, datetime]:
+        """Every sender with marker ``name``, and its time (for forgetting old ones)."""
+        ...
+
     def check(self) -> str:
         """"SERVING" when the store can take writes now, else one word saying why not (for /readyz)."""
         ...
@@ -412,6 +416,14 @@ class FilesystemStore:
 
     def clear_marker(self, name: str, sender_id: str) -> None:
         self._marker_path(name, sender_id).unlink(missing_ok=True)
+
+    def markers(self, name: str) -> dict[str, datetime]:
+        folder = self._marker_path(name, "0").parent
+        found = {}
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if is_sender_id(entry.name) and (at := self.marker(name, entry.name)) is not None:
+                found[entry.name] = at
+        return found
 
     def check(self) -> str:
         if not self._root.is_dir():

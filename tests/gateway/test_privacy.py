@@ -301,8 +301,8 @@ def test_the_worker_sweeps_at_most_once_per_interval(tmp_path: Path) -> None:
                   metadata={}, received_at=now - timedelta(days=days))
     spool = Spool(tmp_path / "spool")
     retention = Privacy(store, spool, retention_days=7, clock=lambda: now)
-    worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1, retention=retention,  # type: ignore[arg-type]
-                         sweep_every_s=3600)
+    worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1, privacy=retention,  # type: ignore[arg-type]
+                         expire_media=True, sweep_every_s=3600)
     assert worker.sweep_if_due(now=100.0) == 1
     store.put(MediaRef(SENDER_ID, AUDIO, "MM" + f"{99:032x}", 0), b"RIFF", content_type="audio/wav",
               metadata={}, received_at=now - timedelta(days=30))
@@ -328,3 +328,19 @@ def test_the_worker_process_expires_old_media_on_the_filesystem(media_root: Path
         worker.terminate()
         output, _ = worker.communicate(timeout=30)
     assert '"expired old media"' in output and '"expired": 1' in output, output
+
+
+def test_markers_that_name_a_sender_are_forgotten_when_no_longer_needed(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    store.set_marker("erased", "15550000001", now - timedelta(hours=30))  # every retry of before it is over
+    store.set_marker("erased", "15550000002", now - timedelta(hours=2))  # retries may still come: keep
+    store.set_marker("erase_requested", "15550000003", now - timedelta(minutes=11))
+    store.set_marker("erase_requested", "15550000004", now - timedelta(minutes=9))
+    store.set_marker("noticed", "15550000005", now - timedelta(days=40))
+    store.set_marker("noticed", "15550000006", now - timedelta(days=3))
+    keep_notices = Privacy(store, None, clock=lambda: now)  # no RETENTION_DAYS: notices are kept
+    assert keep_notices.forget_old_markers(timedelta(hours=25)) == 2
+    assert set(store.markers("erased")) == {"15550000002"} and set(store.markers("erase_requested")) == {"15550000004"}
+    assert Privacy(store, None, retention_days=30, clock=lambda: now).forget_old_markers(timedelta(hours=25)) == 1
+    assert set(store.markers("noticed")) == {"15550000006"}

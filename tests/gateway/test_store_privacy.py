@@ -65,6 +65,10 @@ def test_markers_are_per_sender_and_clearable(each_store: Store) -> None:
     assert each_store.marker("erased", LONG) is None and each_store.marker("noticed", SHORT) is None
     each_store.set_marker("erased", SHORT, WHEN + timedelta(hours=1))
     assert each_store.marker("erased", SHORT) == WHEN + timedelta(hours=1)
+    each_store.set_marker("erased", LONG, WHEN)
+    assert each_store.markers("erased") == {SHORT: WHEN + timedelta(hours=1), LONG: WHEN}
+    assert each_store.markers("noticed") == {}
+    each_store.clear_marker("erased", LONG)
     each_store.clear_marker("erased", SHORT)
     assert each_store.marker("erased", SHORT) is None
     each_store.clear_marker("erased", SHORT)  # clearing what is not there is fine
