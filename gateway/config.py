@@ -133,6 +133,13 @@ class Settings:
     grpc_tls_key_file: str = field(default="", repr=False)
     # Attempts per gRPC call (1 = no retry) when the service answers UNAVAILABLE, via gRPC's retry policy.
     grpc_max_attempts: int = 3
+    # Privacy (gateway.privacy): media older than this many days expires; None keeps it until erased.
+    retention_days: int | None = None
+    # How often the worker expires old media (where no bucket lifecycle rule does) and forgets old markers.
+    privacy_sweep_s: float = 3600.0
+    # The line added to the first reply a sender gets; empty: the built-in text. A policy link goes after it.
+    privacy_notice: str = ""
+    privacy_policy_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -220,6 +227,12 @@ class Settings:
             grpc_tls_cert_file=get("GRPC_TLS_CERT_FILE") or "",
             grpc_tls_key_file=get("GRPC_TLS_KEY_FILE") or "",
             grpc_max_attempts=_int(get("GRPC_MAX_ATTEMPTS"), "GRPC_MAX_ATTEMPTS", 3, minimum=1),
+            retention_days=(
+                _int(get("RETENTION_DAYS"), "RETENTION_DAYS", 0, minimum=1) if get("RETENTION_DAYS") else None
+            ),
+            privacy_sweep_s=_float(get("PRIVACY_SWEEP_S"), "PRIVACY_SWEEP_S", 3600.0),
+            privacy_notice=get("PRIVACY_NOTICE") or "",
+            privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
         )
         if settings.grpc_max_attempts > 5:
             # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.
@@ -304,6 +317,15 @@ def _public_base_url(value: str) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ConfigError(f"PUBLIC_BASE_URL must be scheme://host[:port] without a path or query, got {value!r}")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _policy_url(value: str | None) -> str:
+    if value is None:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        raise ConfigError(f"PRIVACY_POLICY_URL must be an http(s) URL, got {value!r}")
+    return value
 
 
 def _hostnames(value: str) -> frozenset[str]:

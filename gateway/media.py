@@ -2,14 +2,21 @@
 
     python -m gateway.media list [--sender 15551234567] [--kind audio|images]
     python -m gateway.media get KEY [-o FILE]
+    python -m gateway.media export --sender 15551234567 --out FILE.zip
+    python -m gateway.media delete --sender 15551234567 [--yes]
 
 ``list`` prints one line per object, newest first: key, size in bytes, duration (audio) or face count
 (photos), and when the webhook arrived. Without --sender it covers every sender. ``get`` downloads one
 object (default: its file name, in the current directory; ``-o -`` writes to stdout).
 
+``export`` and ``delete`` answer data-access and erasure requests that reach the operator outside the chat
+(gateway.privacy): ``export`` writes everything kept of one person, with its metadata, to a zip; ``delete``
+says what it would erase and, with ``--yes``, erases it exactly as the chat's DELETE ALL does (the media,
+its bookkeeping, this host's spool entries, and an erase marker that stops anything still in flight). Both
+write an audit line naming who ran them (``cli``).
+
 The configuration is the gateway's own (gateway.config, from the environment), so with a .env file run it
-as ``.venv/bin/dotenv run -- python -m gateway.media list``. It only reads: a missing bucket is reported,
-not created.
+as ``.venv/bin/dotenv run -- python -m gateway.media list``. A missing bucket is reported, not created.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import ConfigError, Settings
+from gateway.privacy import Privacy
 from gateway.replies import format_duration
-from gateway.sender import InvalidSender, sender_id
+from gateway.sender import InvalidSender, mask_phone, sender_id
+from gateway.spool import Spool
 from gateway.store import (
     AUDIO,
     EXTENSIONS,
@@ -36,6 +45,7 @@ from gateway.store import (
     open_store,
     parse_key,
 )
+from mediabot.logs import configure_logging
 
 
 def detail(stored: StoredObject) -> str:
@@ -99,10 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     getting = commands.add_parser("get", help="download one object")
     getting.add_argument("key", help="the key as `list` prints it")
     getting.add_argument("-o", "--output", help="file to write (default: the key's file name here; - for stdout)")
+    exporting = commands.add_parser("export", help="everything kept of one person, with metadata, as a zip")
+    exporting.add_argument("--sender", required=True, help="WhatsApp id or number")
+    exporting.add_argument("--out", required=True, help="the zip file to write")
+    deleting = commands.add_parser("delete", help="erase everything kept of one person (an erasure request)")
+    deleting.add_argument("--sender", required=True, help="WhatsApp id or number")
+    deleting.add_argument("--yes", action="store_true", help="really erase (without it: only say what)")
     args = parser.parse_args(argv)
 
     sender = None
-    if args.command == "list" and args.sender is not None:
+    if args.command in ("list", "export", "delete") and args.sender is not None:
         try:
             sender = sender_id({"From": args.sender})
         except InvalidSender as error:
@@ -114,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.key!r} is not a media key (whatsapp/<sender>/<audio|images>/<file>)")
 
     try:
-        store = open_store(Settings.from_env(), for_writing=False)
+        settings = Settings.from_env()
+        store = open_store(settings, for_writing=False)
     except ConfigError as error:
         print(f"gateway.media: bad configuration: {error}", file=sys.stderr)
         return 2
@@ -122,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway.media: storage: {error}", file=sys.stderr)
         return 1
     try:
+        if args.command in ("export", "delete"):
+            assert sender is not None
+            configure_logging("gateway-media", settings.log_level)
+            return _privacy(args, store, settings, sender)
         if args.command == "list":
             objects = rows(store, sender, args.kind)
             print(format_table(objects) if objects else "nothing stored" + (f" for {sender}" if sender else ""))
@@ -144,6 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         store.close()
+
+
+def _privacy(args: argparse.Namespace, store: Store, settings: Settings, sender: str) -> int:
+    """``export`` and ``delete``: the operator's side of gateway.privacy."""
+    # This host's spool, if it has one: erasing must not create an empty spool where none was used.
+    spool = Spool(settings.spool_dir) if settings.spool_dir.is_dir() else None
+    privacy = Privacy(store, spool)
+    if args.command == "export":
+        usage = privacy.export(sender, Path(args.out), by="cli")
+        print(f"exported {usage.describe()} to {args.out}", file=sys.stderr)
+        return 0
+    usage = privacy.usage(sender)
+    if not args.yes:
+        print(f"this would erase {usage.describe()} kept for {mask_phone(sender)}; run again with --yes to erase",
+              file=sys.stderr)
+        return 1
+    erased = privacy.erase(sender, by="cli")
+    print(f"erased {erased.media} file{'' if erased.media == 1 else 's'} and {erased.spooled} spooled "
+          f"message{'' if erased.spooled == 1 else 's'} of {mask_phone(sender)}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ _FINAL = {
     "rejected": "rejected",
     "unsupported": "rejected",
     "download_failed": "rejected",
+    # The sender erased their data after sending this: dropped on purpose (gateway.privacy).
+    "erased": "rejected",
 }
 
 
@@ -65,7 +67,8 @@ class _Item(Protocol):
 
 WEBHOOKS = Counter(
     "mediabot_gateway_webhooks_total",
-    "Webhook requests by result: media, text_only, invalid (a signed form we cannot act on), bad_signature.",
+    "Webhook requests by result: media, text_only, privacy (MY DATA, DELETE), invalid (a signed form we cannot act on), "
+    "bad_signature.",
     ["result"],
 )
 MEDIA_RECEIVED = Counter(
@@ -129,6 +132,8 @@ def record_webhook_answer(outcome: str, started: float) -> None:
         result = "invalid"
     elif outcome == "text_only":
         result = "text_only"
+    elif outcome.startswith("privacy_"):
+        result = "privacy"
     else:
         result = "media"
     WEBHOOKS.labels(result).inc()

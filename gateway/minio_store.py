@@ -48,7 +48,10 @@ from email.utils import parsedate_to_datetime
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ENABLED, Filter
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from gateway import s3_metadata
 from gateway.config import Settings
@@ -60,11 +63,14 @@ from gateway.store import (
     StoredObject,
     StoreStartupError,
     StoreUnavailable,
+    check_marker,
     is_media_key,
     is_sender_id,
+    marker_text,
     media_key,
     newest_first,
     parse_key,
+    parse_marker,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,6 +131,8 @@ class MinioStore:
         self._pools = pools
         self._claim_wait_s = claim_wait_s
         self._description = description or f"bucket {bucket!r}"
+        # True once a bucket lifecycle rule expires old media (RETENTION_DAYS): the worker need not sweep.
+        self.expires_by_itself = False
 
     @classmethod
     def connect(cls, settings: Settings, *, for_writing: bool = True, claim_wait_s: float = CLAIM_WAIT_S) -> MinioStore:
@@ -156,6 +164,8 @@ class MinioStore:
         except BaseException:
             store.close()
             raise
+        if for_writing and settings.retention_days is not None:
+            store.expires_by_itself = store.set_retention(settings.retention_days)
         return store
 
     @property
@@ -273,6 +283,120 @@ class MinioStore:
         names = (prefix.removeprefix("whatsapp/").rstrip("/") for prefix in prefixes)
         return sorted(name for name in names if is_sender_id(name))
 
+    def holds_any(self, sender_id: str) -> bool:
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        with self._errors("list"):
+            return any(
+                is_media_key(item.object_name or "")
+                for item in self._client.list_objects(self._bucket, prefix=f"whatsapp/{sender_id}/", recursive=True)
+            )
+
+    def delete(self, key: str) -> bool:
+        ref, _ = parse_key(key)
+        with self._errors("delete"):
+            existed = self._load(key) is not None
+            claim = self._read_claim_or_none(ref)
+            names = [key, overflow_object(key), _legacy_overflow_object(key)]
+            if claim is not None and claim.key == key:
+                names.append(claim_name(ref))
+            self._remove(names)
+        return existed
+
+    def erase(self, sender_id: str) -> int:
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        # The trailing slash keeps 1555123's erase away from 15551234's objects.
+        prefixes = [
+            f"whatsapp/{sender_id}/",  # media, and the .ref/.json objects older buckets keep beside it
+            f"{BOOKKEEPING_PREFIX}claims/whatsapp/{sender_id}/",
+            f"{BOOKKEEPING_PREFIX}metadata/whatsapp/{sender_id}/",
+        ]
+        with self._errors("erase"):
+            names = [
+                item.object_name
+                for prefix in prefixes
+                for item in self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+                if item.object_name
+            ]
+            self._remove(names)
+        return sum(1 for name in names if is_media_key(name))
+
+    def expire(self, before: datetime) -> int:
+        gone = 0
+        with self._errors("list"):
+            keys = [
+                item.object_name
+                for item in self._client.list_objects(self._bucket, prefix="whatsapp/", recursive=True)
+                if item.object_name and is_media_key(item.object_name)
+            ]
+        for key in keys:
+            if parse_key(key)[1] < before and self.delete(key):
+                gone += 1
+        return gone
+
+    def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
+        body = marker_text(at).encode("ascii")
+        with self._errors("store"):
+            self._client.put_object(
+                self._bucket, marker_object(name, sender_id), io.BytesIO(body), len(body), content_type="text/plain"
+            )
+
+    def marker(self, name: str, sender_id: str) -> datetime | None:
+        with self._errors("look up"):
+            try:
+                response = self._client.get_object(self._bucket, marker_object(name, sender_id))
+            except S3Error as error:
+                if error.code == "NoSuchKey":
+                    return None
+                raise
+            try:
+                return parse_marker(response.read(256).decode("ascii", errors="replace"))
+            finally:
+                response.close()
+                response.release_conn()
+
+    def clear_marker(self, name: str, sender_id: str) -> None:
+        with self._errors("delete"):
+            self._client.remove_object(self._bucket, marker_object(name, sender_id))
+
+    def markers(self, name: str) -> dict[str, datetime]:
+        prefix = marker_object(name, "0").rsplit("/", 1)[0] + "/"
+        with self._errors("list"):
+            senders = [
+                item.object_name.rsplit("/", 1)[1]
+                for item in self._client.list_objects(self._bucket, prefix=prefix)
+                if item.object_name and is_sender_id(item.object_name.rsplit("/", 1)[1])
+            ]
+        found = {}
+        for sender in senders:
+            if (at := self.marker(name, sender)) is not None:
+                found[sender] = at
+        return found
+
+    def set_retention(self, days: int) -> bool:
+        """Expire objects older than ``days`` with a bucket lifecycle rule; False (and the worker sweeps
+        instead) where the server or this user's policy does not allow it. Never stops start-up."""
+        config = LifecycleConfig([
+            Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id=RETENTION_RULE_ID, expiration=Expiration(days=days))
+        ])
+        try:
+            self._client.set_bucket_lifecycle(self._bucket, config)
+            current = self._client.get_bucket_lifecycle(self._bucket)
+        except (S3Error, MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+            logger.warning("the S3 server did not take a lifecycle rule; the worker will expire old media",
+                           extra={"retention_days": days, "error": _reason(error)})
+            return False
+        rules = current.rules if current is not None else []
+        taken = any(rule.rule_id == RETENTION_RULE_ID and rule.expiration is not None
+                    and rule.expiration.days == days for rule in rules)
+        if taken:
+            logger.info("bucket lifecycle rule expires media", extra={"retention_days": days})
+        else:
+            logger.warning("the S3 server did not keep the lifecycle rule; the worker will expire old media",
+                           extra={"retention_days": days})
+        return taken
+
     def check(self) -> str:
         try:
             return "SERVING" if self._health.bucket_exists(self._bucket) else "NO_BUCKET"
@@ -309,6 +433,23 @@ class MinioStore:
         if claimed_ref != ref:
             raise StoreUnavailable(f"the claim object {name} does not name a key of this media; delete it to retry")
         return _Claim(key=key, token=token.strip(), age_s=age_s)
+
+    def _read_claim_or_none(self, ref: MediaRef) -> _Claim | None:
+        """The claim, or None when it is missing or damaged (deleting must not stop on a damaged claim)."""
+        try:
+            return self._read_claim(ref)
+        except StoreUnavailable:
+            return None
+
+    def _remove(self, names: list[str]) -> None:
+        """Delete objects in batches of S3's 1,000; a missing one is not an error (S3 says so itself)."""
+        for start in range(0, len(names), 1000):
+            batch = [DeleteObject(name) for name in names[start:start + 1000]]
+            errors = list(self._client.remove_objects(self._bucket, batch))
+            if errors:
+                first = errors[0]
+                raise StoreUnavailable(f"could not delete {len(errors)} object(s) in {self._description}: "
+                                       f"{first.code}: {first.message}")
 
     def _create_claim(self, ref: MediaRef, key: str, token: str) -> bool:
         """True if this call created the claim; False if one exists (or is being created) already."""
@@ -439,11 +580,18 @@ class MinioStore:
 
 # The store's own objects, kept apart from the media so a sender's prefix holds media only.
 BOOKKEEPING_PREFIX = ".mediabot/"
+RETENTION_RULE_ID = "mediabot-retention"
 
 
 def claim_name(ref: MediaRef) -> str:
     """The claim object of ``ref``, under the sender's path in the bookkeeping prefix (not beside the media)."""
     return f"{BOOKKEEPING_PREFIX}claims/whatsapp/{ref.sender_id}/{ref.kind}/{ref.message_sid}_{ref.index}"
+
+
+def marker_object(name: str, sender_id: str) -> str:
+    """A per-sender marker (gateway.store.MARKERS), in the bookkeeping prefix like the claims."""
+    check_marker(name, sender_id)
+    return f"{BOOKKEEPING_PREFIX}markers/{name}/whatsapp/{sender_id}"
 
 
 def overflow_object(key: str) -> str:

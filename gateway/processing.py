@@ -120,6 +120,8 @@ class MediaProcessor:
         self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime
     ) -> ItemResult:
         ref = MediaRef(message.sender_id, AUDIO, message.message_sid, item.index)
+        if erased := self._drop_if_erased(ref, received_at, replies.VOICE):
+            return erased
         stored = self._find(ref, replies.VOICE)
         if isinstance(stored, ItemResult):
             return stored
@@ -157,6 +159,8 @@ class MediaProcessor:
         self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime
     ) -> ItemResult:
         ref = MediaRef(message.sender_id, IMAGES, message.message_sid, item.index)
+        if erased := self._drop_if_erased(ref, received_at, replies.PHOTO):
+            return erased
         stored = self._find(ref, replies.PHOTO)
         if isinstance(stored, ItemResult):
             return stored
@@ -203,6 +207,24 @@ class MediaProcessor:
             reason = redact_sender(str(error), ref.sender_id)
             logger.error("could not read the store", extra={"message_sid": ref.message_sid, "error": reason})
             return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
+
+    def _drop_if_erased(self, ref: MediaRef, received_at: datetime, what: str) -> ItemResult | None:
+        """A result when the sender erased their data after this item arrived (gateway.privacy): it is never
+        stored, and what an attempt racing the erase stored for it is taken back. None: go on as usual.
+        A store that cannot answer means "try again later", never "store anyway"."""
+        try:
+            erased_at = self._store.marker("erased", ref.sender_id)
+            if erased_at is None or received_at > erased_at:
+                return None
+            stored = self._store.find(ref)
+            if stored is not None:
+                self._store.delete(stored.key)
+        except OSError as error:
+            reason = redact_sender(str(error), ref.sender_id)
+            logger.error("could not check or apply an erasure", extra={"message_sid": ref.message_sid,
+                                                                       "error": reason})
+            return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
+        return ItemResult(replies.erased(what), "erased", detail="the sender erased their data after it arrived")
 
     def _download(self, item: MediaItem, budget: Budget, what: str) -> bytes | ItemResult:
         if not item.url:
@@ -254,6 +276,10 @@ class MediaProcessor:
             reason = redact_sender(str(error), ref.sender_id)
             logger.error("could not store media", extra={"message_sid": ref.message_sid, "error": reason})
             return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
+        # An erase that ran while this item was downloaded or converted did not see this object (it was not
+        # there yet): look again now that it is, and take it back.
+        if erased := self._drop_if_erased(ref, received_at, what):
+            return erased
         return ItemResult(saved_reply(stored), "saved" if created else "already_saved", stored.key)
 
 

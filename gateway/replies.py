@@ -27,6 +27,7 @@ AUDIO_UNAVAILABLE = "I couldn't process your voice message right now. Please sen
 PHOTO_UNAVAILABLE = "I couldn't check your photo right now. Please send it again."
 PHOTO_FORMAT = "I can only keep JPEG, PNG and WebP photos."
 STORE_FAILED = "I couldn't save your {what} right now. Please send it again."
+PRIVACY_UNAVAILABLE = "I can't reach what I keep right now, so I couldn't do that. Please send it again later."
 UNSUPPORTED = "I can't keep {what}, only voice messages and photos."
 
 VOICE = "voice message"
@@ -52,6 +53,10 @@ def saved_audio(duration_ms: int) -> str:
 
 def saved_photo(faces: int) -> str:
     return f"Saved your photo ({faces} face{'' if faces == 1 else 's'} found)."
+
+
+def erased(what: str) -> str:
+    return f"You asked me to erase your data after sending this {what}, so I didn't keep it."
 
 
 def unsupported(what: str) -> str:
@@ -93,7 +98,10 @@ def combine(sentences: list[str]) -> str:
     return "\n".join(f"{n}. {sentence}" for n, sentence in enumerate(sentences, start=1))
 
 
-def twiml(text: str) -> str:
+def twiml(text: str, *more: str) -> str:
+    """The reply as TwiML: one <Message> per text, each a WhatsApp message of its own (the reply first;
+    a privacy notice, when there is one, after it rather than inside it)."""
     response = MessagingResponse()
-    response.message(text)
+    for one in (text, *more):
+        response.message(one)
     return str(response)

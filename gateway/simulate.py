@@ -55,11 +55,16 @@ _CONTENT_TYPES = {
 @dataclass(frozen=True)
 class SimResult:
     status: int
-    # The text of the TwiML reply's <Message> elements ("" when the gateway sent none, e.g. on 403).
+    # The text of the TwiML reply's first <Message>: the reply ("" when the gateway sent none, e.g. on 403).
     reply_text: str
     elapsed_s: float
     message_sid: str
     body: str  # the raw HTTP response body
+
+    @property
+    def messages(self) -> list[str]:
+        """Every <Message> of the reply, in order: the reply, then a privacy notice on first contact."""
+        return messages_of(self.body) if self.status == 200 else []
 
 
 def guess_content_type(path: Path) -> str:
@@ -121,13 +126,18 @@ def sign(url: str, form: Mapping[str, str], auth_token: str) -> str:
     return RequestValidator(auth_token).compute_signature(url, dict(form))
 
 
-def reply_text(twiml: str) -> str:
-    """The text of every <Message> in a TwiML document, joined by newlines."""
+def messages_of(twiml: str) -> list[str]:
+    """The text of every <Message> in a TwiML document (each is one WhatsApp message)."""
     try:
         root = ET.fromstring(twiml)
     except ET.ParseError:
-        return ""
-    return "\n".join("".join(message.itertext()).strip() for message in root.iter("Message"))
+        return []
+    return ["".join(message.itertext()).strip() for message in root.iter("Message")]
+
+
+def reply_text(twiml: str) -> str:
+    """The reply: the first <Message> ("" when there is none)."""
+    return next(iter(messages_of(twiml)), "")
 
 
 class _MediaHandler(BaseHTTPRequestHandler):
@@ -313,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.status != 200:
         print(f"simulate: the gateway answered HTTP {result.status}: {result.body.strip()[:500]}", file=sys.stderr)
         return 1
-    print(result.reply_text)
+    print("\n\n".join(result.messages))
     return 0
 
 

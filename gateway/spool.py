@@ -39,7 +39,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,6 +228,27 @@ class Spool:
 
     def failed(self) -> list[Path]:
         return sorted((self.directory / FAILED_DIR).glob(f"*{SUFFIX}"))
+
+    def remove(self, matches: Callable[[Entry], bool]) -> int:
+        """Delete every entry, owed or given up (failed/), for which ``matches`` is true; returns how many.
+
+        For an erasure: an entry someone holds right now is deleted too (its holder's later appends go to
+        the unlinked file and are lost with it); what that holder stores is dropped by the erase marker.
+        """
+        removed = 0
+        for path in [*self._entries(), *self.failed()]:
+            try:
+                with open(path, "rb") as handle:
+                    entry = _parse(handle.read())
+            except (FileNotFoundError, ValueError):
+                continue
+            if matches(entry):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            _fsync_dir(self.directory)
+            _fsync_dir(self.directory / FAILED_DIR)
+        return removed
 
     def _entries(self) -> Iterator[Path]:
         return (p for p in self.directory.glob(f"*{SUFFIX}") if not p.name.startswith("."))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -98,6 +99,10 @@ class StoredObject:
 
 
 class Store(Protocol):
+    # True when the storage itself expires old media (an S3 bucket lifecycle rule for RETENTION_DAYS), so
+    # the worker need not sweep.
+    expires_by_itself: bool
+
     def put(
         self,
         ref: MediaRef,
@@ -124,6 +129,38 @@ class Store(Protocol):
 
     def senders(self) -> list[str]:
         """Every sender id that has a prefix in the store, sorted."""
+        ...
+
+    def holds_any(self, sender_id: str) -> bool:
+        """Whether anything at all is kept for this sender (cheaper than ``list``: no metadata is read)."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove one media object and its bookkeeping; False if there was none."""
+        ...
+
+    def erase(self, sender_id: str) -> int:
+        """Remove everything kept for this sender (media, metadata, claims); returns how many media objects
+        went. Markers (below) are not touched: the privacy layer decides which of those to keep."""
+        ...
+
+    def expire(self, before: datetime) -> int:
+        """Remove every media object received before ``before`` (retention); returns how many went."""
+        ...
+
+    def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
+        """Record a per-sender event (``name`` from MARKERS) with its time, visible to every process."""
+        ...
+
+    def marker(self, name: str, sender_id: str) -> datetime | None:
+        """When ``set_marker(name, sender_id, ...)`` last happened, if it did and was not cleared."""
+        ...
+
+    def clear_marker(self, name: str, sender_id: str) -> None:
+        ...
+
+    def markers(self, name: str) -> dict[str, datetime]:
+        """Every sender with marker ``name``, and its time (for forgetting old ones)."""
         ...
 
     def check(self) -> str:
@@ -170,6 +207,36 @@ def is_sender_id(value: str) -> bool:
     return re.fullmatch(_SEGMENT, value) is not None
 
 
+# Per-sender events the privacy layer records in the store, so every gateway process and worker sees them:
+#   erased           when everything of the sender's was erased; items received before it are never stored
+#   erase_requested  a DELETE waiting for its DELETE ALL
+#   noticed          the privacy notice was sent
+MARKERS = frozenset({"erased", "erase_requested", "noticed"})
+
+
+def check_marker(name: str, sender_id: str) -> None:
+    """InvalidKey unless ``name`` is a known marker and ``sender_id`` a safe path segment."""
+    if name not in MARKERS:
+        raise InvalidKey(f"unknown marker {name!r}")
+    if not is_sender_id(sender_id):
+        raise InvalidKey("sender id is not a safe path segment")
+
+
+def marker_text(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("marker times must be timezone-aware")
+    return at.astimezone(UTC).isoformat()
+
+
+def parse_marker(text: str) -> datetime | None:
+    """The time a marker holds; None for a damaged one (a torn write reads as "not set")."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
 def newest_first(objects: list[StoredObject]) -> list[StoredObject]:
     """Sorted by the key's file name, which starts with the UTC receive time (then MessageSid and index)."""
     return sorted(objects, key=lambda obj: obj.key.rsplit("/", 1)[1], reverse=True)
@@ -207,6 +274,8 @@ class FilesystemStore:
     Containment: keys are matched against a strict pattern (no dots, no separators inside segments) and
     the resolved path must stay under the resolved root, so nothing is written outside ``root``.
     """
+
+    expires_by_itself = False  # the worker's sweep expires old media here (gateway.privacy)
 
     def __init__(self, root: Path | str, *, lock_timeout_s: float = 10.0) -> None:
         self._root = Path(root).resolve()
@@ -298,6 +367,64 @@ class FilesystemStore:
             return []
         return sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and is_sender_id(entry.name))
 
+    def holds_any(self, sender_id: str) -> bool:
+        return bool(self._media_keys(sender_id))
+
+    def delete(self, key: str) -> bool:
+        ref, _ = parse_key(key)
+        existed = self._load(key) is not None
+        self._discard(key)
+        ref_path = self._ref_path(ref)
+        try:
+            if ref_path.read_text(encoding="ascii").strip() == key:
+                ref_path.unlink(missing_ok=True)
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        return existed
+
+    def erase(self, sender_id: str) -> int:
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        count = len(self._media_keys(sender_id))
+        folder = self._path_under_root(f"whatsapp/{sender_id}")
+        # The whole folder: media, sidecars, pointer files, and the temp files of a write in progress
+        # (that write then fails and is retried, and the erase marker drops it).
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(folder)  # a second pass for what a concurrent write created meanwhile; raises if stuck
+        return count
+
+    def expire(self, before: datetime) -> int:
+        gone = 0
+        for sender in self.senders():
+            for key in self._media_keys(sender):
+                if parse_key(key)[1] < before and self.delete(key):
+                    gone += 1
+        return gone
+
+    def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
+        path = self._marker_path(name, sender_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, marker_text(at).encode("ascii"))
+        _fsync_dir(path.parent)
+
+    def marker(self, name: str, sender_id: str) -> datetime | None:
+        try:
+            return parse_marker(self._marker_path(name, sender_id).read_text(encoding="ascii"))
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def clear_marker(self, name: str, sender_id: str) -> None:
+        self._marker_path(name, sender_id).unlink(missing_ok=True)
+
+    def markers(self, name: str) -> dict[str, datetime]:
+        folder = self._marker_path(name, "0").parent
+        found = {}
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if is_sender_id(entry.name) and (at := self.marker(name, entry.name)) is not None:
+                found[entry.name] = at
+        return found
+
     def check(self) -> str:
         if not self._root.is_dir():
             return "MISSING"
@@ -307,6 +434,24 @@ class FilesystemStore:
         """Nothing to release: every call opens and closes its own files."""
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _media_keys(self, sender_id: str) -> list[str]:
+        """Keys of the sender's complete media objects (sidecar present), without reading any metadata."""
+        if not is_sender_id(sender_id):
+            raise InvalidKey("sender id is not a safe path segment")
+        keys = []
+        for kind in sorted(EXTENSIONS):
+            prefix = f"whatsapp/{sender_id}/{kind}"
+            directory = self._path_under_root(prefix)
+            if directory.is_dir():
+                keys += [f"{prefix}/{entry.name}" for entry in directory.iterdir()
+                         if _KEY.fullmatch(f"{prefix}/{entry.name}") and _sidecar(entry).is_file()]
+        return keys
+
+    def _marker_path(self, name: str, sender_id: str) -> Path:
+        """Markers live beside the senders' folders, not in them: ``.mediabot/markers/{name}/whatsapp/{id}``."""
+        check_marker(name, sender_id)
+        return self._path_under_root(f".mediabot/markers/{name}/whatsapp/{sender_id}")
 
     def _ref_path(self, ref: MediaRef) -> Path:
         return self._path_under_root(f"whatsapp/{ref.sender_id}/{ref.kind}") / f".{ref.message_sid}_{ref.index}.ref"

@@ -23,7 +23,8 @@ from gateway.budget import Budget
 from gateway.config import WEBHOOK_PATH
 from gateway.inbound import InboundMessage, InvalidWebhook, parse_webhook
 from gateway.intake import Intake
-from gateway.sender import InvalidSender, mask_phone
+from gateway.privacy import Privacy, parse_command
+from gateway.sender import InvalidSender, mask_phone, redact_sender
 from gateway.services import Services
 from gateway.signature import twilio_signature_required
 from gateway.spool import Backoff, Lease, Spool
@@ -35,6 +36,7 @@ bp = Blueprint("webhook", __name__)
 # Left of the budget for writing the reply when waiting for another delivery's lease.
 _REPLY_MARGIN_S = 1.0
 _INTAKE = "mediabot.intake"
+_PRIVACY = "mediabot.privacy"
 
 
 @bp.record_once
@@ -50,10 +52,14 @@ def _open_spool(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
     )
     spool = state.app.extensions[_INTAKE][0]
     metrics.set_spool_probe(lambda: (spool.depth(), spool.oldest_age_s()))
+    state.app.extensions[_PRIVACY] = Privacy(
+        services.store, spool, retention_days=settings.retention_days, notice=settings.privacy_notice,
+        policy_url=settings.privacy_policy_url,
+    )
 
 
-def twiml_response(text: str) -> Response:
-    return Response(replies.twiml(text), status=200, mimetype="text/xml")
+def twiml_response(text: str, *more: str) -> Response:
+    return Response(replies.twiml(text, *more), status=200, mimetype="text/xml")
 
 
 # strict_slashes off: a webhook configured in the Twilio console as .../whatsapp/ reaches the view (and is
@@ -74,8 +80,22 @@ def whatsapp() -> Response:
     except InvalidWebhook as error:
         return _answer(replies.INVALID_MESSAGE, "invalid_message", started, message_sid=claimed_sid, detail=str(error))
 
+    privacy: Privacy = current_app.extensions[_PRIVACY]
+    command = parse_command(message.body) if not message.media else None
+    if command is not None:
+        try:
+            text = privacy.answer(command, message.sender_id)
+        except OSError as error:
+            logger.error("privacy command failed", extra={"message_sid": message.message_sid,
+                                                          "error": redact_sender(str(error), message.sender_id)})
+            text = replies.PRIVACY_UNAVAILABLE
+        return _answer(text, f"privacy_{command.value}", started, message_sid=message.message_sid,
+                       sender=mask_phone(message.sender_id))
+    # Asked before the media is stored: "nothing of theirs is kept yet" is about the time they wrote.
+    notice = _notice(privacy, message)
+
     if not message.media:
-        return _answer(replies.HELP, "text_only", started, message_sid=message.message_sid,
+        return _answer(replies.HELP, "text_only", started, notice=notice, message_sid=message.message_sid,
                        sender=mask_phone(message.sender_id), message_type=message.message_type)
 
     metrics.record_media_received(message.media)
@@ -84,11 +104,22 @@ def whatsapp() -> Response:
         replies.combine(sentences),
         ",".join(outcomes),
         started,
+        notice=notice,
         message_sid=message.message_sid,
         sender=mask_phone(message.sender_id),
         message_type=message.message_type,
         num_media=len(message.media),
     )
+
+
+def _notice(privacy: Privacy, message: InboundMessage) -> str | None:
+    """The privacy notice for a first contact; None otherwise, or when the store cannot say (next time)."""
+    try:
+        return privacy.notice(message.sender_id)
+    except OSError as error:
+        logger.warning("could not check whether to send the privacy notice",
+                       extra={"message_sid": message.message_sid, "error": redact_sender(str(error), message.sender_id)})
+        return None
 
 
 def _spool_and_try(message: InboundMessage, budget: Budget, received_at: datetime) -> tuple[list[str], list[str]]:
@@ -146,10 +177,12 @@ def unexpected_error(error: Exception) -> Response | HTTPException:
     return twiml_response(replies.INTERNAL_ERROR)
 
 
-def _answer(text: str, outcome: str, started: float, **fields: object) -> Response:
+def _answer(text: str, outcome: str, started: float, *, notice: str | None = None, **fields: object) -> Response:
+    """The TwiML reply (and the privacy notice as a second message, on first contact), logged and counted."""
     metrics.record_webhook_answer(outcome, started)
     logger.info(
         "webhook handled",
-        extra={**fields, "outcome": outcome, "elapsed_ms": round((time.monotonic() - started) * 1000, 1)},
+        extra={**fields, "outcome": outcome, "notice": notice is not None,
+               "elapsed_ms": round((time.monotonic() - started) * 1000, 1)},
     )
-    return twiml_response(text)
+    return twiml_response(text, *([notice] if notice else []))

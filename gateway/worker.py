@@ -18,10 +18,12 @@ import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 
 from gateway.budget import Budget
 from gateway.config import ConfigError, Settings
 from gateway.intake import Intake
+from gateway.privacy import Privacy
 from gateway.spool import Backoff, Spool
 from mediabot.logs import configure_logging
 
@@ -29,21 +31,55 @@ logger = logging.getLogger("gateway.worker")
 
 
 class SpoolWorker:
-    def __init__(self, spool: Spool, intake: Intake, *, poll_s: float, attempt_budget_s: float) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        intake: Intake,
+        *,
+        poll_s: float,
+        attempt_budget_s: float,
+        privacy: Privacy | None = None,
+        expire_media: bool = False,
+        erasure_memory: timedelta = timedelta(days=1),
+        sweep_every_s: float = 3600.0,
+    ) -> None:
         self._spool = spool
         self._intake = intake
         self._poll_s = poll_s
         self._attempt_budget_s = attempt_budget_s
+        self._privacy = privacy
+        # RETENTION_DAYS where the store does not expire media by itself (filesystem, an S3 without a rule).
+        self._expire_media = expire_media
+        self._erasure_memory = erasure_memory
+        self._sweep_every_s = sweep_every_s
+        self._next_sweep = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Attempt every due entry, then sleep a poll interval; until ``stop`` is set (checked between
-        entries, so an attempt in hand is finished and everything else stays spooled)."""
+        entries, so an attempt in hand is finished and everything else stays spooled). Every
+        ``sweep_every_s``: expire old media when retention is the worker's job, and forget old privacy markers."""
         logger.info("spool worker started", extra={"spool_dir": str(self._spool.directory),
-                                                  "spooled": self._spool.depth()})
+                                                  "spooled": self._spool.depth(),
+                                                  "expires_media": self._expire_media})
         while not stop.is_set():
             self.run_once(stop)
+            self.sweep_if_due()
             stop.wait(self._poll_s)
         logger.info("spool worker stopped", extra={"spooled": self._spool.depth()})
+
+    def sweep_if_due(self, now: float | None = None) -> int:
+        """The privacy housekeeping, at most once per ``sweep_every_s``; how many media objects expired."""
+        now = time.monotonic() if now is None else now
+        if self._privacy is None or now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self._sweep_every_s
+        try:
+            expired = self._privacy.expire() if self._expire_media else 0
+            self._privacy.forget_old_markers(self._erasure_memory)
+        except OSError as error:  # storage down: the next sweep tries again
+            logger.warning("privacy housekeeping failed; will try again", extra={"error": str(error)})
+            return 0
+        return expired
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """One pass over the due entries; returns how many were attempted."""
@@ -86,8 +122,15 @@ def main() -> int:
     try:
         intake = Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
                         settings.spool_give_up_after_s)
-        worker = SpoolWorker(Spool(settings.spool_dir), intake, poll_s=settings.spool_poll_s,
-                             attempt_budget_s=settings.spool_attempt_budget_s)
+        spool = Spool(settings.spool_dir)
+        worker = SpoolWorker(
+            spool, intake, poll_s=settings.spool_poll_s, attempt_budget_s=settings.spool_attempt_budget_s,
+            privacy=Privacy(services.store, spool, retention_days=settings.retention_days),
+            expire_media=settings.retention_days is not None and not services.store.expires_by_itself,
+            # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
+            erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
+            sweep_every_s=settings.privacy_sweep_s,
+        )
         worker.run(stop)
     finally:
         services.close()

@@ -491,7 +491,9 @@ def test_bucket_policy_allows_the_bucket_and_nothing_else() -> None:
         for resource in statement["Resource"]:
             by_resource.setdefault(resource, set()).update(statement["Action"])
     assert by_resource == {
-        "arn:aws:s3:::@BUCKET@": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"},
+        # The lifecycle actions: RETENTION_DAYS sets the bucket's expiry rule at start-up (gateway.privacy).
+        "arn:aws:s3:::@BUCKET@": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads",
+                                 "s3:GetLifecycleConfiguration", "s3:PutLifecycleConfiguration"},
         "arn:aws:s3:::@BUCKET@/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
                                    "s3:ListMultipartUploadParts"},
     }

@@ -147,7 +147,10 @@ class TestCommandLine:
             "--content-type", "audio/ogg", str(voice_note),
         ])
         assert code == 0
-        assert SAVED.fullmatch(capsys.readouterr().out.strip())
+        # The reply, then (a first contact) the privacy notice as a second message, after a blank line.
+        reply, notice = capsys.readouterr().out.strip().split("\n\n")
+        assert SAVED.fullmatch(reply)
+        assert notice.startswith("I keep the voice messages and face photos you send me")
 
     def test_http_errors_exit_non_zero(self, gateway_app: Flask, serve_gateway: Callable[[Flask], str],
                                        voice_note: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,7 +182,8 @@ def test_simulator_against_the_make_run_processes(local_stack: Stack, voice_note
         env=local_stack.env, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
     )
     assert completed.returncode == 0, completed.stderr + local_stack.log_tail()
-    assert SAVED.fullmatch(completed.stdout.strip()), completed.stdout
+    reply, notice = completed.stdout.strip().split("\n\n")
+    assert SAVED.fullmatch(reply) and "Send MY DATA" in notice, completed.stdout
     wavs = list((local_stack.media_root / "whatsapp" / "15551234567" / "audio").glob("*.wav"))
     assert len(wavs) == 1
     assert wavs[0].with_name(wavs[0].name + ".json").is_file()

@@ -133,3 +133,27 @@ def test_the_simulator_cli_prints_the_reply(stack: Stack, tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Saved your voice message"), done.stdout
+
+
+def test_a_sender_sees_and_erases_their_data_from_the_chat(stack: Stack, tmp_path: Path) -> None:
+    """The README's Privacy steps with the simulator: MY DATA, DELETE, DELETE ALL, against the real processes."""
+    sender = "+15550002222"
+    voice = make_sample("ogg_opus", tmp_path)
+    first = send([voice], from_number=sender, url=stack.url)
+    assert first.reply_text.startswith("Saved your voice message") and len(first.messages) == 2, first.messages
+    assert "Send MY DATA" in first.messages[1]
+
+    def say(body: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.simulate", "--from", sender, "--url", stack.url, "--body", body],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert say("MY DATA").startswith("I keep 1 voice message and 0 photos (")
+    assert "send DELETE ALL within 10 minutes" in say("DELETE")
+    assert say("delete all").startswith("Done: I erased 1 file I kept for you.")
+    folder = stack.media_root / "whatsapp" / sender.lstrip("+")
+    assert not [p for p in folder.rglob("*") if p.is_file()]
+    assert say("MY DATA").startswith("I keep nothing of yours.")
