@@ -117,6 +117,12 @@ class Settings:
     grpc_tls_key_file: str = field(default="", repr=False)
     # Attempts per gRPC call (1 = no retry) when the service answers UNAVAILABLE, via gRPC's retry policy.
     grpc_max_attempts: int = 3
+    # Media bytes one gateway process (a gunicorn worker, the spool worker) holds at once, across its threads
+    # (gateway.media_memory): downloads claim their size, voice notes also the largest WAV (29 MB). An item
+    # that finds no room waits up to media_memory_wait_s (within its webhook's budget), then is left to
+    # the spool. The process holds about 3x this at its peak: 96 MiB keeps a worker near 400 MB.
+    media_memory_mb: int = 96
+    media_memory_wait_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -190,6 +196,8 @@ class Settings:
             grpc_tls_cert_file=get("GRPC_TLS_CERT_FILE") or "",
             grpc_tls_key_file=get("GRPC_TLS_KEY_FILE") or "",
             grpc_max_attempts=_int(get("GRPC_MAX_ATTEMPTS"), "GRPC_MAX_ATTEMPTS", 3, minimum=1),
+            media_memory_mb=_int(get("MEDIA_MEMORY_MB"), "MEDIA_MEMORY_MB", 96, minimum=1),
+            media_memory_wait_s=_float(get("MEDIA_MEMORY_WAIT_S"), "MEDIA_MEMORY_WAIT_S", 5.0),
         )
         if settings.grpc_max_attempts > 5:
             # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.

@@ -13,6 +13,7 @@ import grpc
 
 from gateway.config import Settings
 from gateway.download import MediaDownloader
+from gateway.media_memory import MIB, MediaMemory
 from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
 from gateway.store import Store, open_store
@@ -116,6 +117,7 @@ class Services:
             audio_timeout_s=settings.audio_rpc_timeout_s,
             vision_timeout_s=settings.vision_rpc_timeout_s,
             max_media_bytes=settings.max_media_bytes,
+            memory=MediaMemory(settings.media_memory_mb * MIB, settings.media_memory_wait_s),
         )
         return cls(
             settings=settings,
