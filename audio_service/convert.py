@@ -40,6 +40,21 @@ from audio_service import limits
 # playlists (hls, concat) that would make ffmpeg open other files or URLs.
 SUPPORTED_DEMUXERS = ("ogg", "mp3", "mov", "aac", "amr", "wav", "flac", "matroska")
 
+# Decoders ffmpeg may open, by name: the audio codecs those containers carry (voice notes are Opus in Ogg;
+# then MP3, AAC/ALAC in MP4/M4A/3GP, AMR, PCM and ADPCM in WAV, FLAC, Vorbis, Opus in WebM/Matroska).
+# It is enforced on the probe as well as on the decode: without it ffmpeg decodes a frame of every stream
+# while probing, so an 830 KB Matroska file with one black 8192x8192 PNG video frame took 306 MiB (55 MiB
+# with it); a video, subtitle or attachment stream now fails to open and is ignored.
+SUPPORTED_DECODERS = (
+    "opus", "libopus", "vorbis", "libvorbis", "flac", "speex", "libspeex",
+    "mp3float", "mp3", "mp2float", "mp2", "mp1float", "mp1",
+    "aac", "aac_fixed", "aac_latm", "alac", "ac3", "ac3_fixed", "eac3",
+    "amrnb", "amrwb", "libopencore_amrnb", "libopencore_amrwb",
+    "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_u8", "pcm_s8",
+    "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_alaw", "pcm_mulaw",
+    "adpcm_ms", "adpcm_ima_wav", "g726", "g722", "gsm", "gsm_ms", "libgsm", "libgsm_ms",
+)  # fmt: skip
+
 # ffmpeg decodes a little past the duration cap so "longer than the cap" can be told apart from "exactly the cap".
 _DURATION_MARGIN_S = 1.0
 _READ_CHUNK = 1 << 20
@@ -218,9 +233,13 @@ class AudioConverter:
         cap_bytes = round(self.max_duration_s * sample_rate_hz) * channels * limits.BYTES_PER_SAMPLE
         command = [
             self.ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
-            # Input options: the uploaded file is only ever read as a local file by an audio demuxer.
+            # Input options: the uploaded file is only ever read as a local file by an audio demuxer, and
+            # only audio decoders may run, while probing too (video, subtitle and data streams are not
+            # decoded at all: no full-size frame of a hostile video is ever held).
             "-protocol_whitelist", "file",
             "-format_whitelist", ",".join(SUPPORTED_DEMUXERS),
+            "-codec_whitelist", ",".join(SUPPORTED_DECODERS),
+            "-vn", "-sn", "-dn",
             "-i", str(source),
             # Output options, all before the output name so ffmpeg applies them: first audio stream only,
             # resampled and down-mixed by libswresample (low-pass filtered, unlike audioop).
