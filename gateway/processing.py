@@ -14,19 +14,23 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import grpc
 
 from gateway import metrics, replies
+from gateway.audio_client import AudioClient
 from gateway.budget import Budget
 from gateway.download import DownloadError, Failure, MediaDownloader
 from gateway.inbound import InboundMessage, MediaItem
 from gateway.media_memory import Claim, MediaMemory, MemoryBusy
 from gateway.sender import mask_phone, redact_sender
 from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
-from mediabot.v1 import audio_pb2, audio_pb2_grpc, vision_pb2, vision_pb2_grpc
+from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 
@@ -72,7 +76,7 @@ class MediaProcessor:
         *,
         downloader: MediaDownloader,
         store: Store,
-        audio: audio_pb2_grpc.AudioServiceStub,
+        audio: AudioClient,
         vision: vision_pb2_grpc.VisionServiceStub,
         audio_timeout_s: float,
         vision_timeout_s: float,
@@ -145,28 +149,29 @@ class MediaProcessor:
                 return downloaded
             size = len(downloaded)
             request = audio_pb2.ConvertToWavRequest(
-                audio=downloaded,
                 content_type=item.content_type,
                 sample_rate_hz=16000,
                 channels=1,
                 request_id=f"{message.message_sid}/{item.index}",
             )
-            del downloaded  # the request holds its own copy; nothing else needs the original
-            converted = self._call(self._audio.ConvertToWav, request, budget, self._audio_timeout_s, replies.VOICE)
-            del request
+            converted = self._call(
+                lambda timeout: self._audio.convert(downloaded, request, timeout=timeout),
+                budget, self._audio_timeout_s, replies.VOICE,
+            )
+            del downloaded
             if isinstance(converted, ItemResult):
                 return converted
+            response = converted.response
             metadata = _common_metadata(message, item, received_at, size) | {
-                "source": {"format": converted.source_format, "codec": converted.source_codec},
+                "source": {"format": response.source_format, "codec": response.source_codec},
                 "audio": {
-                    "duration_ms": converted.duration_ms,
-                    "sample_rate_hz": converted.sample_rate_hz,
-                    "channels": converted.channels,
-                    "bits_per_sample": converted.bits_per_sample,
+                    "duration_ms": response.duration_ms,
+                    "sample_rate_hz": response.sample_rate_hz,
+                    "channels": response.channels,
+                    "bits_per_sample": response.bits_per_sample,
                 },
             }
-            wav = converted.wav  # a copy out of the message: drop the message before storing
-            del converted
+            wav = converted.wav  # a view of the bytes gRPC received: stored without another copy
             return self._put(
                 ref, wav, "audio/wav", metadata, received_at, replies.VOICE,
                 lambda stored: replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")),
@@ -190,7 +195,10 @@ class MediaProcessor:
                 content_type=item.content_type,
                 request_id=f"{message.message_sid}/{item.index}",
             )
-            detected = self._call(self._vision.DetectFaces, request, budget, self._vision_timeout_s, replies.PHOTO)
+            detected = self._call(
+                lambda timeout: self._vision.DetectFaces(request, timeout=timeout),
+                budget, self._vision_timeout_s, replies.PHOTO,
+            )
             del request  # the original bytes are what is stored; the message's copy can go
             if isinstance(detected, ItemResult):
                 return detected
@@ -247,13 +255,14 @@ class MediaProcessor:
             transient = error.failure in _TRANSIENT_DOWNLOADS
             return ItemResult(reply, "download_failed", detail=str(error), retryable=transient)
 
-    def _call(self, method, request, budget: Budget, timeout_s: float, what: str):  # noqa: ANN001, ANN202
+    def _call(self, call: Callable[[float], T], budget: Budget, timeout_s: float, what: str) -> T | ItemResult:
+        """``call(timeout)``'s answer, or the ItemResult its gRPC error means."""
         timeout = budget.cap(timeout_s)
         if timeout <= 0:
             return ItemResult(replies.OUT_OF_TIME.format(what=what), "out_of_time", retryable=True)
         try:
             with metrics.stage_timer("convert" if what == replies.VOICE else "detect"):
-                return method(request, timeout=timeout)
+                return call(timeout)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else None
             details = error.details() if isinstance(error, grpc.Call) else str(error)
@@ -270,7 +279,7 @@ class MediaProcessor:
     def _put(
         self,
         ref: MediaRef,
-        data: bytes,
+        data: bytes | memoryview,
         content_type: str,
         metadata: dict[str, object],
         received_at: datetime,
