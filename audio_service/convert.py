@@ -111,7 +111,8 @@ class ConverterUnavailable(AudioError):
 class WavAudio:
     """A converted file and the facts the caller needs to describe it."""
 
-    wav: bytes
+    # The buffer ffmpeg's PCM was read into, header in front: handed on as it is, never copied here.
+    wav: bytearray
     sample_rate_hz: int
     channels: int
     bits_per_sample: int
@@ -205,10 +206,8 @@ class AudioConverter:
             raise InvalidAudio("The file contains no audio that could be decoded.")
 
         buffer[: limits.WAV_HEADER_BYTES] = wav_header(pcm_bytes, sample_rate_hz, channels)
-        wav = bytes(buffer)  # the one copy: protobuf takes bytes, and the buffer goes at once
-        del buffer
         return WavAudio(
-            wav=wav,
+            wav=buffer,
             sample_rate_hz=sample_rate_hz,
             channels=channels,
             bits_per_sample=8 * limits.BYTES_PER_SAMPLE,

@@ -1,5 +1,5 @@
-"""gateway.audio_client: the wire format it writes and reads by hand is protobuf's own, both ways, and the
-WAV comes back as a view of the received bytes (with a real audio service)."""
+"""mediabot.wire and gateway.audio_client: the wire format written and read by hand is protobuf's own, both
+ways, and the WAV comes back as a view of the received bytes (with a real audio service)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audio_service.limits import client_channel_options
-from gateway.audio_client import AudioClient, split_bytes_field, with_bytes_field
+from gateway.audio_client import AudioClient
 from mediabot.v1 import audio_pb2
+from mediabot.wire import split_bytes_field, with_bytes_field
 
 _TEXT = st.text(max_size=40)
 _UINT32 = st.integers(min_value=0, max_value=2**32 - 1)
