@@ -30,6 +30,7 @@ from audio_service.convert import (
 )
 from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
 from mediabot.logs import configure_logging
+from mediabot.memory import return_large_buffers_to_the_os
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 from mediabot.wire import with_bytes_field
 
@@ -213,6 +214,7 @@ def serve() -> None:
     except ConfigError as exc:
         raise SystemExit(f"audio service: bad configuration: {exc}") from None
     configure_logging("audio", settings.log_level)
+    return_large_buffers_to_the_os()
     try:
         server, port, health_servicer = _build(settings)
     except TlsConfigError as exc:

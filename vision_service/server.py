@@ -17,6 +17,7 @@ from PIL import Image
 
 from mediabot.grpc_tls import add_port, server_credentials
 from mediabot.logs import configure_logging
+from mediabot.memory import return_large_buffers_to_the_os
 from mediabot.v1 import vision_pb2, vision_pb2_grpc
 from vision_service.config import Settings
 from vision_service.decode import set_decode_memory
@@ -272,6 +273,7 @@ def serve(settings: Settings | None = None) -> None:
     """Run until SIGTERM or SIGINT, then let in-flight calls finish for up to VISION_GRACE_S."""
     settings = settings or Settings.from_env()
     configure_logging("vision", settings.log_level)
+    return_large_buffers_to_the_os()
     server, port = create_server(settings)
     server.start()
     if settings.metrics_port:
