@@ -6,8 +6,9 @@ where ffmpeg ignores them as trailing options; the audio comes back at its sourc
 afterwards with ``set_frame_rate`` uses audioop's rate conversion, which has no anti-aliasing filter. pydub
 has no argument that places an output option before the output name (``format``/``codec`` are input
 options), and it runs a second process (ffprobe) per call. So ffmpeg is called here the way pydub calls it
-(argument list, no shell, PCM on a pipe), with the resampling options where ffmpeg applies them, and pydub
-turns the PCM into the WAV file.
+(argument list, no shell, PCM on a pipe), with the resampling options where ffmpeg applies them, and the PCM
+lands straight in the WAV file's buffer behind a 44-byte header written here (pydub's ``export`` would copy a
+15-minute WAV three more times: 80 MB per call).
 
 One ffmpeg process per call does everything: content sniffing (its probe, restricted to the audio demuxers
 below), decoding, down-mixing and anti-aliased resampling (libswresample, via ``-ar``/``-ac``). The detected
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import re
 import selectors
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -31,14 +32,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydub import AudioSegment
-
 from audio_service import limits
 
 # Demuxers ffmpeg may pick (matched against its names, e.g. "mov" covers "mov,mp4,m4a,3gp,3g2,mj2" and
 # "matroska" covers webm). Anything else is refused before decoding: besides images and text this keeps out
 # playlists (hls, concat) that would make ffmpeg open other files or URLs.
 SUPPORTED_DEMUXERS = ("ogg", "mp3", "mov", "aac", "amr", "wav", "flac", "matroska")
+
+# Decoders ffmpeg may open, by name: the audio codecs those containers carry (voice notes are Opus in Ogg;
+# then MP3, AAC/ALAC in MP4/M4A/3GP, AMR, PCM and ADPCM in WAV, FLAC, Vorbis, Opus in WebM/Matroska).
+# It is enforced on the probe as well as on the decode: without it ffmpeg decodes a frame of every stream
+# while probing, so an 830 KB Matroska file with one black 8192x8192 PNG video frame took 306 MiB (55 MiB
+# with it); a video, subtitle or attachment stream now fails to open and is ignored.
+SUPPORTED_DECODERS = (
+    "opus", "libopus", "vorbis", "libvorbis", "flac", "speex", "libspeex",
+    "mp3float", "mp3", "mp2float", "mp2", "mp1float", "mp1",
+    "aac", "aac_fixed", "aac_latm", "alac", "ac3", "ac3_fixed", "eac3",
+    "amrnb", "amrwb", "libopencore_amrnb", "libopencore_amrwb",
+    "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_u8", "pcm_s8",
+    "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_alaw", "pcm_mulaw",
+    "adpcm_ms", "adpcm_ima_wav", "g726", "g722", "gsm", "gsm_ms", "libgsm", "libgsm_ms",
+)  # fmt: skip
 
 # ffmpeg decodes a little past the duration cap so "longer than the cap" can be told apart from "exactly the cap".
 _DURATION_MARGIN_S = 1.0
@@ -97,7 +111,8 @@ class ConverterUnavailable(AudioError):
 class WavAudio:
     """A converted file and the facts the caller needs to describe it."""
 
-    wav: bytes
+    # The buffer ffmpeg's PCM was read into, header in front: handed on as it is, never copied here.
+    wav: bytearray
     sample_rate_hz: int
     channels: int
     bits_per_sample: int
@@ -177,27 +192,22 @@ class AudioConverter:
             source = Path(private_dir) / "input"
             with open(source, "xb") as f:
                 f.write(data)
-            pcm, log = self._decode(source, sample_rate_hz, channels, deadline, cancelled)
+            buffer, log = self._decode(source, sample_rate_hz, channels, deadline, cancelled)
 
+        pcm_bytes = len(buffer) - limits.WAV_HEADER_BYTES
         frame_bytes = channels * limits.BYTES_PER_SAMPLE
-        duration_s = len(pcm) / frame_bytes / sample_rate_hz
+        duration_s = pcm_bytes / frame_bytes / sample_rate_hz
         match = _INPUT_RE.search(log)
         source_format = match.group("format") if match else ""
         # Only the input summary: the output stream (pcm_s16le) is listed after "Output #0".
         codec_match = _AUDIO_STREAM_RE.search(log.split("\nOutput #0", 1)[0])
         source_codec = codec_match.group("codec") if codec_match else ""
-        if not pcm:
+        if not pcm_bytes:
             raise InvalidAudio("The file contains no audio that could be decoded.")
 
-        # pydub writes the RIFF/WAVE header around ffmpeg's PCM (no second ffmpeg run for a plain WAV).
-        segment = AudioSegment(data=pcm, sample_width=limits.BYTES_PER_SAMPLE, frame_rate=sample_rate_hz,
-                               channels=channels)
-        del pcm
-        out = io.BytesIO()
-        segment.export(out, format="wav")
-        del segment
+        buffer[: limits.WAV_HEADER_BYTES] = wav_header(pcm_bytes, sample_rate_hz, channels)
         return WavAudio(
-            wav=out.getvalue(),
+            wav=buffer,
             sample_rate_hz=sample_rate_hz,
             channels=channels,
             bits_per_sample=8 * limits.BYTES_PER_SAMPLE,
@@ -214,13 +224,17 @@ class AudioConverter:
         deadline: float | None,
         cancelled: threading.Event | None,
     ) -> tuple[bytearray, str]:
-        """Run ffmpeg to raw PCM; returns the PCM and the useful part of ffmpeg's log."""
+        """Run ffmpeg to raw PCM; returns it behind room for the WAV header, and the useful part of ffmpeg's log."""
         cap_bytes = round(self.max_duration_s * sample_rate_hz) * channels * limits.BYTES_PER_SAMPLE
         command = [
             self.ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
-            # Input options: the uploaded file is only ever read as a local file by an audio demuxer.
+            # Input options: the uploaded file is only ever read as a local file by an audio demuxer, and
+            # only audio decoders may run, while probing too (video, subtitle and data streams are not
+            # decoded at all: no full-size frame of a hostile video is ever held).
             "-protocol_whitelist", "file",
             "-format_whitelist", ",".join(SUPPORTED_DEMUXERS),
+            "-codec_whitelist", ",".join(SUPPORTED_DECODERS),
+            "-vn", "-sn", "-dn",
             "-i", str(source),
             # Output options, all before the output name so ffmpeg applies them: first audio stream only,
             # resampled and down-mixed by libswresample (low-pass filtered, unlike audioop).
@@ -246,8 +260,8 @@ class AudioConverter:
         with contextlib.suppress(OSError):
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ_CHUNK)  # type: ignore[union-attr]
         # One growing buffer rather than a list of chunks joined at the end: one copy of the PCM fewer, and
-        # growing a large bytearray is mostly a page remap, not a copy.
-        pcm = bytearray()
+        # growing a large bytearray is mostly a page remap, not a copy. It starts with room for the header.
+        pcm = bytearray(limits.WAV_HEADER_BYTES)
         err_head = bytearray()
         err_tail = b""
         try:
@@ -270,10 +284,11 @@ class AudioConverter:
                             selector.unregister(key.fileobj)
                         elif key.fileobj is proc.stdout:
                             pcm += chunk
-                            if len(pcm) > cap_bytes:
+                            decoded = len(pcm) - limits.WAV_HEADER_BYTES
+                            if decoded > cap_bytes:
                                 raise AudioTooLong(
                                     f"The audio is longer than the {_minutes(self.max_duration_s)} limit.",
-                                    decoded_s=len(pcm) / (channels * limits.BYTES_PER_SAMPLE) / sample_rate_hz,
+                                    decoded_s=decoded / (channels * limits.BYTES_PER_SAMPLE) / sample_rate_hz,
                                 )
                         else:
                             if len(err_head) < _STDERR_HEAD_BYTES:
@@ -292,6 +307,17 @@ class AudioConverter:
         if returncode != 0:
             raise InvalidAudio(_failure_reason(log + err_tail.decode("utf-8", "replace")))
         return pcm, log
+
+
+def wav_header(pcm_bytes: int, sample_rate_hz: int, channels: int) -> bytes:
+    """The canonical 44-byte RIFF/WAVE header of a PCM s16le file (what pydub and the wave module write)."""
+    block_align = channels * limits.BYTES_PER_SAMPLE
+    return b"".join((
+        b"RIFF", struct.pack("<I", limits.WAV_HEADER_BYTES - 8 + pcm_bytes), b"WAVE",
+        b"fmt ", struct.pack("<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * block_align,
+                             block_align, 8 * limits.BYTES_PER_SAMPLE),
+        b"data", struct.pack("<I", pcm_bytes),
+    ))
 
 
 def _failure_reason(log: str) -> str:

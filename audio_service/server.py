@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent import futures
 from types import FrameType
+from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,7 +30,9 @@ from audio_service.convert import (
 )
 from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
 from mediabot.logs import configure_logging
+from mediabot.memory import return_large_buffers_to_the_os
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
+from mediabot.wire import with_bytes_field
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
 
     def ConvertToWav(  # noqa: N802 (name fixed by the generated base class)
         self, request: audio_pb2.ConvertToWavRequest, context: grpc.ServicerContext
-    ) -> audio_pb2.ConvertToWavResponse:
+    ) -> WavAnswer:
         started = time.perf_counter()
         # Set when the RPC ends for any reason; while converting, that means the client cancelled or went away,
         # and the conversion kills ffmpeg rather than decode for nobody.
@@ -109,7 +112,6 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         )
         logger.info("audio converted", extra=fields)
         response = audio_pb2.ConvertToWavResponse(
-            wav=result.wav,
             sample_rate_hz=result.sample_rate_hz,
             channels=result.channels,
             bits_per_sample=result.bits_per_sample,
@@ -117,9 +119,25 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             source_format=result.source_format,
             source_codec=result.source_codec,
         )
-        # The message holds its own copy; let this one go before gRPC serializes a third.
-        del result, audio
-        return response
+        del audio
+        # The WAV joins the message only when gRPC serializes it (serialize_answer): one copy, not three.
+        return WavAnswer(response, result.wav)
+
+
+class WavAnswer(NamedTuple):
+    """A ConvertToWavResponse without its ``wav``, and the WAV, serialized together by ``serialize_answer``."""
+
+    message: audio_pb2.ConvertToWavResponse
+    wav: bytes | bytearray
+
+
+_WAV_FIELD = audio_pb2.ConvertToWavResponse.DESCRIPTOR.fields_by_name["wav"].number
+
+
+def serialize_answer(answer: WavAnswer) -> bytes:
+    """The bytes of the ConvertToWavResponse the generated code would send, with the WAV copied once
+    (protobuf-python would copy it into the message and again to serialize it; see mediabot.wire)."""
+    return with_bytes_field(answer.message.SerializeToString(), _WAV_FIELD, answer.wav)
 
 
 def _deadline_passed(context: grpc.ServicerContext) -> bool:
@@ -147,7 +165,17 @@ def _build(settings: Settings) -> tuple[grpc.Server, int, health.HealthServicer]
         options=limits.server_options(settings.max_input_bytes, settings.max_duration_s),
         interceptors=interceptors(),
     )
-    audio_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(converter), server)
+    # Registered by hand rather than with add_AudioServiceServicer_to_server, only to serialize the answer
+    # with serialize_answer; the request is parsed by the generated class as usual.
+    servicer = AudioServicer(converter)
+    handlers = {
+        "ConvertToWav": grpc.unary_unary_rpc_method_handler(
+            servicer.ConvertToWav,
+            request_deserializer=audio_pb2.ConvertToWavRequest.FromString,
+            response_serializer=serialize_answer,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
@@ -186,6 +214,7 @@ def serve() -> None:
     except ConfigError as exc:
         raise SystemExit(f"audio service: bad configuration: {exc}") from None
     configure_logging("audio", settings.log_level)
+    return_large_buffers_to_the_os()
     try:
         server, port, health_servicer = _build(settings)
     except TlsConfigError as exc:

@@ -46,6 +46,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from gateway.services import Services
     from gateway.store import StoreStartupError
     from mediabot.grpc_tls import TlsConfigError
+    from mediabot.memory import return_large_buffers_to_the_os
 
     env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
     try:
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         configure_logging("gateway", settings.log_level)
     settings.log_development_warning()
+    return_large_buffers_to_the_os()  # per gunicorn worker: the app is created after the fork
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = _MAX_FORM_BYTES

@@ -140,6 +140,12 @@ class Settings:
     # The line added to the first reply a sender gets; empty: the built-in text. A policy link goes after it.
     privacy_notice: str = ""
     privacy_policy_url: str = ""
+    # Media bytes one gateway process (a gunicorn worker, the spool worker) holds at once, across its threads
+    # (gateway.media_memory): downloads claim their size, voice notes also the largest WAV (29 MB). An item
+    # that finds no room waits up to media_memory_wait_s (within its webhook's budget), then is left to
+    # the spool. The process holds about 3x this at its peak: 96 MiB keeps a worker near 400 MB.
+    media_memory_mb: int = 96
+    media_memory_wait_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -233,6 +239,8 @@ class Settings:
             privacy_sweep_s=_float(get("PRIVACY_SWEEP_S"), "PRIVACY_SWEEP_S", 3600.0),
             privacy_notice=get("PRIVACY_NOTICE") or "",
             privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
+            media_memory_mb=_int(get("MEDIA_MEMORY_MB"), "MEDIA_MEMORY_MB", 96, minimum=1),
+            media_memory_wait_s=_float(get("MEDIA_MEMORY_WAIT_S"), "MEDIA_MEMORY_WAIT_S", 5.0),
         )
         if settings.grpc_max_attempts > 5:
             # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -194,8 +194,12 @@ class MediaDownloader:
     def close(self) -> None:
         self._session.close()
 
-    def fetch(self, url: str, budget: Budget) -> Downloaded:
+    def fetch(self, url: str, budget: Budget, on_length: Callable[[int], None] | None = None) -> Downloaded:
         """The whole body, or DownloadError saying why not.
+
+        ``on_length`` is called with the body's size (its Content-Length, or the size cap when the host
+        declares none) once the answer's headers are in and before the body is read, so the caller can
+        claim the memory it will take (gateway.media_memory); whatever it raises ends the download.
 
         A 404 is retried after each of the configured pauses (1 s, then 3 s by default) while the budget
         allows: WhatsApp media can 404 for a moment right after the webhook arrives. Other failures are
@@ -207,7 +211,7 @@ class MediaDownloader:
         while True:
             attempt += 1
             try:
-                return self._fetch_once(url, budget, attempt)
+                return self._fetch_once(url, budget, attempt, on_length)
             except DownloadError as error:
                 if error.failure is not Failure.NOT_FOUND:
                     raise
@@ -218,7 +222,9 @@ class MediaDownloader:
                 logger.info("media not there yet, retrying", extra={"attempt": attempt, "retry_in_s": delay})
                 time.sleep(delay)
 
-    def _fetch_once(self, url: str, budget: Budget, attempt: int) -> Downloaded:
+    def _fetch_once(
+        self, url: str, budget: Budget, attempt: int, on_length: Callable[[int], None] | None
+    ) -> Downloaded:
         if budget.expired():
             raise DownloadError(Failure.TIMEOUT, "no time left in the webhook budget")
         timeout = (budget.cap(self._connect_timeout_s), budget.cap(self._read_timeout_s))
@@ -231,7 +237,9 @@ class MediaDownloader:
                 # Identity: the size cap must count the bytes we hold, not a compressed transfer size.
                 headers={"Accept-Encoding": "identity"},
             ) as response:
-                self._check_status(response)
+                declared = self._check_status(response)
+                if on_length is not None:
+                    on_length(self._max_bytes if declared is None else declared)
                 body = self._read_capped(response, budget)
                 content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
                 return Downloaded(data=body, content_type=content_type, attempts=attempt)
@@ -246,13 +254,14 @@ class MediaDownloader:
         except requests.RequestException as error:
             raise DownloadError(Failure.CONNECTION, f"request failed ({type(error).__name__})") from None
 
-    def _check_status(self, response: requests.Response) -> None:
+    def _check_status(self, response: requests.Response) -> int | None:
+        """The declared Content-Length of a 200 (None if absent), or DownloadError for any other status."""
         status = response.status_code
         if status == 200:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self._max_bytes:
                 raise DownloadError(Failure.TOO_LARGE, f"Content-Length {declared} is over {self._max_bytes}")
-            return
+            return int(declared) if declared.isdigit() else None
         if status == 404:
             raise DownloadError(Failure.NOT_FOUND, "404 from the media host")
         if status in (401, 403):
@@ -277,7 +286,9 @@ class MediaDownloader:
                 # so a server trickling bytes is noticed at the budget, not after a whole chunk.
                 chunk = raw.read1(_CHUNK_BYTES)
                 if not chunk:
-                    return bytes(body)
+                    data = bytes(body)  # protobuf takes bytes only: the one copy, and the buffer goes at once
+                    del body[:]
+                    return data
                 body += chunk
                 if len(body) > self._max_bytes:
                     raise DownloadError(Failure.TOO_LARGE, f"body passed {self._max_bytes} bytes")

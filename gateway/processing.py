@@ -11,20 +11,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import grpc
 
 from gateway import metrics, replies
+from gateway.audio_client import AudioClient
 from gateway.budget import Budget
 from gateway.download import DownloadError, Failure, MediaDownloader
 from gateway.inbound import InboundMessage, MediaItem
+from gateway.media_memory import Claim, MediaMemory, MemoryBusy
 from gateway.sender import mask_phone, redact_sender
 from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
-from mediabot.v1 import audio_pb2, audio_pb2_grpc, vision_pb2, vision_pb2_grpc
+from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 
@@ -43,12 +49,18 @@ _TRANSIENT_CODES = frozenset({
 # The media host's 5xx, timeouts and broken connections; Twilio keeps the media, so it will be there later.
 _TRANSIENT_DOWNLOADS = frozenset({Failure.TIMEOUT, Failure.SERVER_ERROR, Failure.CONNECTION})
 
+# The largest WAV the audio service returns for the 16 kHz mono the bot asks for: 15 minutes (its default
+# AUDIO_MAX_DURATION_S) plus the one second its decoder may run over, and the 44-byte header. A voice note
+# claims this much memory for the answer before it is converted (gateway.media_memory).
+MAX_WAV_BYTES = 44 + (900 + 1) * 16000 * 2
+
 
 @dataclass(frozen=True)
 class ItemResult:
     reply: str
     # Short, stable word for logs and tests: saved, already_saved, no_face, unsupported, download_failed,
-    # rejected (the service said the input was bad), unavailable, store_failed, out_of_time, error.
+    # rejected (the service said the input was bad), unavailable, busy (no room in MEDIA_MEMORY_MB in time),
+    # store_failed, out_of_time, error.
     outcome: str
     key: str | None = None
     detail: str = ""
@@ -64,11 +76,12 @@ class MediaProcessor:
         *,
         downloader: MediaDownloader,
         store: Store,
-        audio: audio_pb2_grpc.AudioServiceStub,
+        audio: AudioClient,
         vision: vision_pb2_grpc.VisionServiceStub,
         audio_timeout_s: float,
         vision_timeout_s: float,
         max_media_bytes: int,
+        memory: MediaMemory | None = None,
     ) -> None:
         self._downloader = downloader
         self._store = store
@@ -77,6 +90,8 @@ class MediaProcessor:
         self._audio_timeout_s = audio_timeout_s
         self._vision_timeout_s = vision_timeout_s
         self._max_media_bytes = max_media_bytes
+        # None: no bound (a unit test's processor); Services always gives one (MEDIA_MEMORY_MB).
+        self._memory = memory
 
     def process(self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime) -> ItemResult:
         """Handle one item and write its log line; never raises."""
@@ -128,32 +143,41 @@ class MediaProcessor:
         if stored is not None:
             duration_ms = _int(stored.metadata, "audio", "duration_ms")
             return ItemResult(replies.saved_audio(duration_ms), "already_saved", stored.key)
-        downloaded = self._download(item, budget, replies.VOICE)
-        if isinstance(downloaded, ItemResult):
-            return downloaded
-        request = audio_pb2.ConvertToWavRequest(
-            audio=downloaded,
-            content_type=item.content_type,
-            sample_rate_hz=16000,
-            channels=1,
-            request_id=f"{message.message_sid}/{item.index}",
-        )
-        converted = self._call(self._audio.ConvertToWav, request, budget, self._audio_timeout_s, replies.VOICE)
-        if isinstance(converted, ItemResult):
-            return converted
-        metadata = _common_metadata(message, item, received_at, len(downloaded)) | {
-            "source": {"format": converted.source_format, "codec": converted.source_codec},
-            "audio": {
-                "duration_ms": converted.duration_ms,
-                "sample_rate_hz": converted.sample_rate_hz,
-                "channels": converted.channels,
-                "bits_per_sample": converted.bits_per_sample,
-            },
-        }
-        return self._put(
-            ref, converted.wav, "audio/wav", metadata, received_at, replies.VOICE,
-            lambda stored: replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")),
-        )
+        with self._claim(budget) as claim:
+            # One claim for the voice note and the WAV it becomes, taken at once: an item never waits for
+            # memory while holding some, so items cannot hold each other up.
+            downloaded = self._download(item, budget, replies.VOICE, claim, extra_bytes=MAX_WAV_BYTES)
+            if isinstance(downloaded, ItemResult):
+                return downloaded
+            size = len(downloaded)
+            request = audio_pb2.ConvertToWavRequest(
+                content_type=item.content_type,
+                sample_rate_hz=16000,
+                channels=1,
+                request_id=f"{message.message_sid}/{item.index}",
+            )
+            converted = self._call(
+                lambda timeout: self._audio.convert(downloaded, request, timeout=timeout),
+                budget, self._audio_timeout_s, replies.VOICE,
+            )
+            del downloaded
+            if isinstance(converted, ItemResult):
+                return converted
+            response = converted.response
+            metadata = _common_metadata(message, item, received_at, size) | {
+                "source": {"format": response.source_format, "codec": response.source_codec},
+                "audio": {
+                    "duration_ms": response.duration_ms,
+                    "sample_rate_hz": response.sample_rate_hz,
+                    "channels": response.channels,
+                    "bits_per_sample": response.bits_per_sample,
+                },
+            }
+            wav = converted.wav  # a view of the bytes gRPC received: stored without another copy
+            return self._put(
+                ref, wav, "audio/wav", metadata, received_at, replies.VOICE,
+                lambda stored: replies.saved_audio(_int(stored.metadata, "audio", "duration_ms")),
+            )
 
     def _photo_item(
         self, message: InboundMessage, item: MediaItem, budget: Budget, received_at: datetime
@@ -166,38 +190,46 @@ class MediaProcessor:
             return stored
         if stored is not None:
             return ItemResult(replies.saved_photo(_faces(stored)), "already_saved", stored.key)
-        downloaded = self._download(item, budget, replies.PHOTO)
-        if isinstance(downloaded, ItemResult):
-            return downloaded
-        request = vision_pb2.DetectFacesRequest(
-            image=downloaded,
-            content_type=item.content_type,
-            request_id=f"{message.message_sid}/{item.index}",
-        )
-        detected = self._call(self._vision.DetectFaces, request, budget, self._vision_timeout_s, replies.PHOTO)
-        if isinstance(detected, ItemResult):
-            return detected
-        if not detected.has_face:
-            return ItemResult(replies.NO_FACE, "no_face")
-        stored_type = _STORED_PHOTO_TYPES.get(detected.format)
-        if stored_type is None:  # e.g. a GIF declared as image/jpeg: decodable, but not a type we keep
-            return ItemResult(replies.PHOTO_FORMAT, "unsupported", detail=f"detected format {detected.format}")
-        metadata = _common_metadata(message, item, received_at, len(downloaded)) | {
-            "image": {"width": detected.width, "height": detected.height, "format": detected.format},
-            "faces": [
-                {
-                    "box": {"left": f.box.left, "top": f.box.top, "right": f.box.right, "bottom": f.box.bottom},
-                    "confidence": round(f.confidence, 4),
-                }
-                for f in detected.faces
-            ],
-            "model": {"name": detected.model_name, "version": detected.model_version},
-            "min_confidence": round(detected.min_confidence, 4),
-        }
-        return self._put(
-            ref, downloaded, stored_type, metadata, received_at, replies.PHOTO,
-            lambda stored: replies.saved_photo(_faces(stored)),
-        )
+        with self._claim(budget) as claim:
+            downloaded = self._download(item, budget, replies.PHOTO, claim)
+            if isinstance(downloaded, ItemResult):
+                return downloaded
+            request = vision_pb2.DetectFacesRequest(
+                image=downloaded,
+                content_type=item.content_type,
+                request_id=f"{message.message_sid}/{item.index}",
+            )
+            detected = self._call(
+                lambda timeout: self._vision.DetectFaces(request, timeout=timeout),
+                budget, self._vision_timeout_s, replies.PHOTO,
+            )
+            del request  # the original bytes are what is stored; the message's copy can go
+            if isinstance(detected, ItemResult):
+                return detected
+            if not detected.has_face:
+                return ItemResult(replies.NO_FACE, "no_face")
+            stored_type = _STORED_PHOTO_TYPES.get(detected.format)
+            if stored_type is None:  # e.g. a GIF declared as image/jpeg: decodable, but not a type we keep
+                return ItemResult(replies.PHOTO_FORMAT, "unsupported", detail=f"detected format {detected.format}")
+            metadata = _common_metadata(message, item, received_at, len(downloaded)) | {
+                "image": {"width": detected.width, "height": detected.height, "format": detected.format},
+                "faces": [
+                    {
+                        "box": {"left": f.box.left, "top": f.box.top, "right": f.box.right, "bottom": f.box.bottom},
+                        "confidence": round(f.confidence, 4),
+                    }
+                    for f in detected.faces
+                ],
+                "model": {"name": detected.model_name, "version": detected.model_version},
+                "min_confidence": round(detected.min_confidence, 4),
+            }
+            return self._put(
+                ref, downloaded, stored_type, metadata, received_at, replies.PHOTO,
+                lambda stored: replies.saved_photo(_faces(stored)),
+            )
+
+    def _claim(self, budget: Budget):  # noqa: ANN202 (a context manager of Claim or None)
+        return self._memory.claim(budget) if self._memory is not None else nullcontext(None)
 
     def _find(self, ref: MediaRef, what: str) -> StoredObject | ItemResult | None:
         """The object a previous delivery stored (a replay is answered without downloading again)."""
@@ -226,24 +258,33 @@ class MediaProcessor:
             return ItemResult(replies.STORE_FAILED.format(what=what), "store_failed", detail=reason, retryable=True)
         return ItemResult(replies.erased(what), "erased", detail="the sender erased their data after it arrived")
 
-    def _download(self, item: MediaItem, budget: Budget, what: str) -> bytes | ItemResult:
+    def _download(
+        self, item: MediaItem, budget: Budget, what: str, claim: Claim | None, extra_bytes: int = 0
+    ) -> bytes | ItemResult:
+        """The media's bytes; with a ``claim``, its size plus ``extra_bytes`` is claimed before the body is read."""
         if not item.url:
             return ItemResult(f"Sorry, I couldn't download your {what}.", "download_failed", detail="no MediaUrl")
+        on_length = None if claim is None else (lambda size: claim.take(size + extra_bytes))
         try:
             with metrics.stage_timer("download"):
-                return self._downloader.fetch(item.url, budget).data
+                return self._downloader.fetch(item.url, budget, on_length).data
+        except MemoryBusy as error:
+            # Not the media's fault: the process is busy with other large media. The spool tries it again.
+            return ItemResult(replies.rpc_failed(what, grpc.StatusCode.UNAVAILABLE), "busy", detail=str(error),
+                              retryable=True)
         except DownloadError as error:
             reply = replies.download_failed(what, error.failure, self._max_media_bytes)
             transient = error.failure in _TRANSIENT_DOWNLOADS
             return ItemResult(reply, "download_failed", detail=str(error), retryable=transient)
 
-    def _call(self, method, request, budget: Budget, timeout_s: float, what: str):  # noqa: ANN001, ANN202
+    def _call(self, call: Callable[[float], T], budget: Budget, timeout_s: float, what: str) -> T | ItemResult:
+        """``call(timeout)``'s answer, or the ItemResult its gRPC error means."""
         timeout = budget.cap(timeout_s)
         if timeout <= 0:
             return ItemResult(replies.OUT_OF_TIME.format(what=what), "out_of_time", retryable=True)
         try:
             with metrics.stage_timer("convert" if what == replies.VOICE else "detect"):
-                return method(request, timeout=timeout)
+                return call(timeout)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else None
             details = error.details() if isinstance(error, grpc.Call) else str(error)
@@ -260,7 +301,7 @@ class MediaProcessor:
     def _put(
         self,
         ref: MediaRef,
-        data: bytes,
+        data: bytes | memoryview,
         content_type: str,
         metadata: dict[str, object],
         received_at: datetime,

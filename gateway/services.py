@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway.audio_client import AudioClient
 from gateway.config import Settings
 from gateway.download import MediaDownloader
+from gateway.media_memory import MIB, MediaMemory
 from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
 from gateway.store import Store, open_store
 from mediabot.grpc_tls import channel_credentials
-from mediabot.v1 import audio_pb2, audio_pb2_grpc, vision_pb2, vision_pb2_grpc
+from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
 # gRPC refuses messages over 4 MiB by default. Requests carry a whole media file (up to MAX_MEDIA_BYTES)
 # plus a few small fields; the audio service answers with up to a 15-minute 16 kHz mono WAV (about 29 MB).
@@ -111,11 +113,12 @@ class Services:
         processor = MediaProcessor(
             downloader=downloader,
             store=store,
-            audio=audio_pb2_grpc.AudioServiceStub(audio_channel),
+            audio=AudioClient(audio_channel),
             vision=vision_pb2_grpc.VisionServiceStub(vision_channel),
             audio_timeout_s=settings.audio_rpc_timeout_s,
             vision_timeout_s=settings.vision_rpc_timeout_s,
             max_media_bytes=settings.max_media_bytes,
+            memory=MediaMemory(settings.media_memory_mb * MIB, settings.media_memory_wait_s),
         )
         return cls(
             settings=settings,

@@ -26,6 +26,7 @@ from gateway.intake import Intake
 from gateway.privacy import Privacy
 from gateway.spool import Backoff, Spool
 from mediabot.logs import configure_logging
+from mediabot.memory import return_large_buffers_to_the_os
 
 logger = logging.getLogger("gateway.worker")
 
@@ -106,6 +107,7 @@ def main() -> int:
         logger.error("bad configuration", extra={"error": str(error)})
         return 2
     configure_logging("gateway-worker", settings.log_level)
+    return_large_buffers_to_the_os()
 
     stop = threading.Event()
 

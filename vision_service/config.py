@@ -38,6 +38,12 @@ class Settings:
     # 50 MP admits every phone photo (a 50 MP sensor is 8160x6120 = 49.9 MP; WhatsApp itself sends at most
     # 4096 px on the long side) while bounding a non-JPEG decode to ~200 MB per worker (RGBA, 4 bytes/pixel).
     max_pixels: int = 50_000_000
+    # Memory (MiB) all photos decoding at once may take (vision_service.decode.DecodeMemory). JPEG decodes
+    # scaled down and takes a few MB; PNG, GIF, BMP and WebP decode at full size first (4 bytes per RGBA
+    # pixel, 16 for WebP's decoder). A photo needing more alone is refused as too large; one that finds the
+    # room taken waits up to its deadline, then is refused as UNAVAILABLE, which the gateway retries.
+    # 200 MiB admits a 50 MP RGBA PNG or a 13 MP WebP and keeps the service under 400 MB.
+    decode_memory_mb: int = 200
     # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching.
     workers: int = 8
     # Calls queued beyond the running ones before new ones are refused with RESOURCE_EXHAUSTED.
@@ -51,6 +57,10 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return self.decode_memory_mb * MIB
 
     @property
     def max_concurrent_rpcs(self) -> int:
@@ -75,6 +85,7 @@ class Settings:
             face_min_confidence=_confidence(env, "FACE_MIN_CONFIDENCE", defaults.face_min_confidence),
             max_input_bytes=_number(env, "VISION_MAX_INPUT_BYTES", defaults.max_input_bytes, int, minimum=1),
             max_pixels=_number(env, "VISION_MAX_PIXELS", defaults.max_pixels, int, minimum=1),
+            decode_memory_mb=_number(env, "VISION_DECODE_MEMORY_MB", defaults.decode_memory_mb, int, minimum=1),
             workers=_number(env, "VISION_WORKERS", defaults.workers, int, minimum=1),
             max_queued=_number(env, "VISION_MAX_QUEUED", defaults.max_queued, int, minimum=0),
             grace_s=_number(env, "VISION_GRACE_S", defaults.grace_s, float, minimum=0.0),

@@ -25,3 +25,8 @@ class DetectorTimeout(DetectorUnavailable):
 
 class DetectorRejected(VisionError):
     """Triton refused the request itself (a contract mismatch between this service and the model)."""
+
+
+class DecoderBusy(VisionError):
+    """Other photos hold the decode memory (VISION_DECODE_MEMORY_MB) for longer than this one may wait
+    (UNAVAILABLE: worth retrying, the photo itself is fine)."""

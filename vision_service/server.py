@@ -17,10 +17,13 @@ from PIL import Image
 
 from mediabot.grpc_tls import add_port, server_credentials
 from mediabot.logs import configure_logging
+from mediabot.memory import return_large_buffers_to_the_os
 from mediabot.v1 import vision_pb2, vision_pb2_grpc
 from vision_service.config import Settings
+from vision_service.decode import set_decode_memory
 from vision_service.detector import TritonDetector
 from vision_service.errors import (
+    DecoderBusy,
     DetectorRejected,
     DetectorTimeout,
     DetectorUnavailable,
@@ -76,6 +79,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), fields)
         except ImageTooLarge as error:
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), fields)
+        except DecoderBusy as error:
+            self._abort(context, grpc.StatusCode.UNAVAILABLE, str(error), fields)
         except DetectorTimeout as error:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if caller_bound else grpc.StatusCode.UNAVAILABLE
             self._abort(context, code, f"the face detector did not answer in time ({error})", fields)
@@ -213,12 +218,14 @@ class VisionServer(grpc.Server):
 
 
 def configure_pillow(settings: Settings) -> None:
-    """Pillow's own bomb guard, process-wide, as a backstop to decode.py's header check at the same limit.
+    """Pillow's own bomb guard, process-wide, as a backstop to decode.py's header check at the same limit,
+    and decode.py's process-wide decode memory (VISION_DECODE_MEMORY_MB).
 
     Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; as an error, decode.py refuses it cleanly.
     LOAD_TRUNCATED_IMAGES stays False so a cut-off upload is an error, not a half-grey photo.
     """
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    set_decode_memory(settings.decode_memory_bytes)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
@@ -266,6 +273,7 @@ def serve(settings: Settings | None = None) -> None:
     """Run until SIGTERM or SIGINT, then let in-flight calls finish for up to VISION_GRACE_S."""
     settings = settings or Settings.from_env()
     configure_logging("vision", settings.log_level)
+    return_large_buffers_to_the_os()
     server, port = create_server(settings)
     server.start()
     if settings.metrics_port:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from audio_service.convert import (
     DeadlineExceeded,
     ogg_is_complete,
 )
+from bench.hostile_media import video_with_huge_frame
 from tests.audio_service.helpers import my_ffmpeg_children, wait_until
 from tests.fixtures.audio import make_silence_flac
 
@@ -78,3 +81,32 @@ def test_limits_match_the_documented_sizes() -> None:
         "grpc.max_send_message_length": limits.MAX_REQUEST_BYTES,
         "grpc.max_receive_message_length": limits.MAX_RESPONSE_BYTES,
     }
+
+
+# ffmpeg's peak memory, from a fresh Python process whose only child is the one ffmpeg the conversion runs.
+_PEAK_OF_ONE_CONVERSION = """
+import resource, sys
+from pathlib import Path
+from audio_service.convert import AudioConverter, InvalidAudio
+try:
+    result = AudioConverter(tmp_dir=sys.argv[2]).convert(Path(sys.argv[1]).read_bytes())
+    outcome = f"{result.source_codec} {result.duration_ms}"
+except InvalidAudio as error:
+    outcome = str(error)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, outcome)
+"""
+
+
+@pytest.mark.parametrize("with_audio", [True, False], ids=["video-and-audio", "video-only"])
+def test_a_video_stream_is_never_decoded(tmp_path: Path, with_audio: bool) -> None:
+    """One black 8192x8192 PNG frame in Matroska: ffmpeg probing it decoded the frame (240+ MB); only audio
+    decoders may run now, so the audio converts, or the file is "no audio", in ffmpeg's usual ~50 MB."""
+    path = tmp_path / "video.mkv"
+    path.write_bytes(video_with_huge_frame(tmp_path, audio=with_audio))
+    assert path.stat().st_size < 1024 * 1024
+    run = subprocess.run([sys.executable, "-c", _PEAK_OF_ONE_CONVERSION, str(path), str(tmp_path)],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    peak_mb, outcome = run.stdout.split(" ", 1)
+    assert outcome.strip() == ("opus 2000" if with_audio else "The file contains no audio.")
+    # A decoded frame alone is 8192 x 8192 x 3 bytes = 201 MB.
+    assert int(peak_mb) < 120, run.stdout

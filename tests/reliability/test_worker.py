@@ -26,14 +26,14 @@ def worker_for(app: Flask, *, give_up_after_s: float = 3600.0, audio_addr: str |
     """A worker on the app's spool, its processor dialing ``audio_addr`` (the service as it is now)."""
     import grpc
 
-    from mediabot.v1 import audio_pb2_grpc
+    from gateway.audio_client import AudioClient
 
     services = app.extensions["mediabot"]
     processor: MediaProcessor = services.processor
     if audio_addr is not None:
         processor = MediaProcessor(
             downloader=services.downloader, store=services.store,
-            audio=audio_pb2_grpc.AudioServiceStub(grpc.insecure_channel(audio_addr)),
+            audio=AudioClient(grpc.insecure_channel(audio_addr)),
             vision=processor._vision, audio_timeout_s=10, vision_timeout_s=10,  # noqa: SLF001
             max_media_bytes=services.settings.max_media_bytes,
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 from PIL import Image
 
+from bench.hostile_media import png_bomb  # noqa: F401 (one generator for the decoder tests and the corpus)
 from tests.fixtures.photos import face_photo
 
 EXIF_ORIENTATION = 0x0112
@@ -79,22 +78,6 @@ def exif_rotated_jpeg(image: Image.Image, orientation: int) -> bytes:
 def truncated_jpeg() -> bytes:
     data = encode(face_image(), "JPEG", quality=90)
     return data[: len(data) // 2]
-
-
-def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: ~100 KB on disk, 900 MP once decoded.
-
-    Written chunk by chunk (zlib over one zero row at a time) so making it costs no memory either.
-    """
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 # Every image mode/format a phone or chat app may send, as (mode, format) for the generators above;

@@ -29,6 +29,7 @@ def test_values_are_read() -> None:
             "FACE_MIN_CONFIDENCE": "0.8",
             "VISION_MAX_INPUT_BYTES": "1000",
             "VISION_MAX_PIXELS": "2000",
+            "VISION_DECODE_MEMORY_MB": "64",
             "VISION_WORKERS": "3",
             "VISION_MAX_QUEUED": "0",
             "VISION_GRACE_S": "0",
@@ -38,6 +39,7 @@ def test_values_are_read() -> None:
     assert (settings.listen, settings.triton_url, settings.triton_model) == ("0.0.0.0:6000", "triton:8001", "faces")
     assert (settings.triton_model_version, settings.triton_timeout_s, settings.face_min_confidence) == ("3", 2.5, 0.8)
     assert (settings.max_input_bytes, settings.max_pixels, settings.workers) == (1000, 2000, 3)
+    assert settings.decode_memory_bytes == 64 * 1024 * 1024
     assert (settings.max_concurrent_rpcs, settings.grace_s, settings.log_level) == (3, 0.0, "DEBUG")
 
 
@@ -53,6 +55,7 @@ def test_values_are_read() -> None:
         ("FACE_MIN_CONFIDENCE", "high"),
         ("VISION_MAX_INPUT_BYTES", "16MiB"),
         ("VISION_MAX_PIXELS", "0"),
+        ("VISION_DECODE_MEMORY_MB", "0"),
         ("VISION_WORKERS", "0"),
         ("VISION_GRACE_S", "-1"),
         ("LOG_LEVEL", "LOUD"),
