@@ -6,9 +6,11 @@ where ffmpeg ignores them as trailing options; the audio comes back at its sourc
 afterwards with ``set_frame_rate`` uses audioop's rate conversion, which has no anti-aliasing filter. pydub
 has no argument that places an output option before the output name (``format``/``codec`` are input
 options), and it runs a second process (ffprobe) per call. So ffmpeg is called here the way pydub calls it
-(argument list, no shell, PCM on a pipe), with the resampling options where ffmpeg applies them, and the PCM
-lands straight in the WAV file's buffer behind a 44-byte header written here (pydub's ``export`` would copy a
-15-minute WAV three more times: 80 MB per call).
+(argument list, no shell, PCM on a pipe), with the resampling options where ffmpeg applies them, and pydub
+turns the PCM into the WAV file. The PCM is read into one buffer behind room for the 44-byte header, and
+pydub's ``export`` writes the WAV into that same buffer (``_WavInPlace``): its header lands in the room left
+for it and the PCM, already where the WAV needs it, is not copied (exported to a BytesIO, a 15-minute WAV
+would be copied three more times: 80 MB per call).
 
 One ffmpeg process per call does everything: content sniffing (its probe, restricted to the audio demuxers
 below), decoding, down-mixing and anti-aliased resampling (libswresample, via ``-ar``/``-ac``). The detected
@@ -20,17 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import re
 import selectors
 import signal
-import struct
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydub import AudioSegment
 
 from audio_service import limits
 
@@ -205,7 +209,7 @@ class AudioConverter:
         if not pcm_bytes:
             raise InvalidAudio("The file contains no audio that could be decoded.")
 
-        buffer[: limits.WAV_HEADER_BYTES] = wav_header(pcm_bytes, sample_rate_hz, channels)
+        _export_wav_in_place(buffer, sample_rate_hz, channels)
         return WavAudio(
             wav=buffer,
             sample_rate_hz=sample_rate_hz,
@@ -309,15 +313,54 @@ class AudioConverter:
         return pcm, log
 
 
-def wav_header(pcm_bytes: int, sample_rate_hz: int, channels: int) -> bytes:
-    """The canonical 44-byte RIFF/WAVE header of a PCM s16le file (what pydub and the wave module write)."""
-    block_align = channels * limits.BYTES_PER_SAMPLE
-    return b"".join((
-        b"RIFF", struct.pack("<I", limits.WAV_HEADER_BYTES - 8 + pcm_bytes), b"WAVE",
-        b"fmt ", struct.pack("<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * block_align,
-                             block_align, 8 * limits.BYTES_PER_SAMPLE),
-        b"data", struct.pack("<I", pcm_bytes),
-    ))
+class _WavInPlace(io.RawIOBase):
+    """A file for pydub to export a WAV into: ``buffer`` itself, which holds the PCM behind room for the header.
+
+    pydub (through the ``wave`` module) writes the header, then the PCM it was given, which is a view of this
+    same buffer at the offset it is written to: that write is recognised and skipped instead of copied. Any
+    other write (the header, a patch of it) is copied in; nothing may grow the buffer.
+    """
+
+    def __init__(self, buffer: bytearray) -> None:
+        super().__init__()
+        self._buffer = buffer
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._buffer)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        end = self._pos + len(view)
+        if end > len(self._buffer):
+            raise ValueError("the WAV would not fit the buffer it is exported into")
+        already_there = view.obj is self._buffer and self._pos == limits.WAV_HEADER_BYTES
+        if not already_there:
+            self._buffer[self._pos:end] = view
+        self._pos = end
+        return len(view)
+
+
+def _export_wav_in_place(buffer: bytearray, sample_rate_hz: int, channels: int) -> None:
+    """Turn ``buffer`` (header room + s16le PCM) into a WAV file with pydub, without copying the PCM."""
+    pcm = memoryview(buffer)[limits.WAV_HEADER_BYTES:]
+    try:
+        segment = AudioSegment(data=pcm, sample_width=limits.BYTES_PER_SAMPLE, frame_rate=sample_rate_hz,
+                               channels=channels)
+        segment.export(_WavInPlace(buffer), format="wav")
+    finally:
+        pcm.release()  # the buffer is handed on (and may be resized by nobody) only without views on it
 
 
 def _failure_reason(log: str) -> str:

@@ -110,3 +110,26 @@ def test_a_video_stream_is_never_decoded(tmp_path: Path, with_audio: bool) -> No
     assert outcome.strip() == ("opus 2000" if with_audio else "The file contains no audio.")
     # A decoded frame alone is 8192 x 8192 x 3 bytes = 201 MB.
     assert int(peak_mb) < 120, run.stdout
+
+
+def test_pydub_exports_the_wav_into_the_pcm_buffer_without_copying_it() -> None:
+    """The WAV container is pydub's (its export through the wave module), written around the PCM in place."""
+    import tracemalloc
+    import wave
+    from io import BytesIO
+
+    from audio_service import limits
+    from audio_service.convert import _export_wav_in_place
+
+    pcm = bytes(range(256)) * (64 * 1024)  # 16 MiB of s16le samples
+    buffer = bytearray(limits.WAV_HEADER_BYTES) + pcm
+    tracemalloc.start()
+    try:
+        _export_wav_in_place(buffer, 16000, 1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"the export allocated {peak} bytes: the PCM was copied"
+    with wave.open(BytesIO(bytes(buffer))) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        assert wav.getnframes() == len(pcm) // 2 and wav.readframes(wav.getnframes()) == pcm
