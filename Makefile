@@ -76,7 +76,7 @@ bench-vision: $(TEST_ENV) model
 
 # The hostile corpus (bench/hostile_media.py) through the whole stack, now and at the commit before issue 9:
 # peak RSS of the vision and audio services and of each gateway process, replies, nothing stored.
-bench-hostile: $(INSTALLED) model
+bench-hostile: $(TEST_ENV) model
 	$(PY) -m bench.hostile
 
 # Precision/recall of the face decision on the photo set, per canvas, mean and threshold (README, "Accuracy").
