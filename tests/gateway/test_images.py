@@ -63,6 +63,7 @@ def test_photo_with_a_face_is_kept_unchanged_with_its_faces(
     assert sidecar["model"]["name"] and sidecar["model"]["version"]
     (face,) = sidecar["faces"]
     assert face["confidence"] >= sidecar["min_confidence"]
+    assert face["view"] == "whole" and sidecar["views"] >= 1
     left, top, right, bottom = GRACE_HOPPER_FACE
     box = face["box"]
     # The detector's box overlaps the face drawn by eye.
