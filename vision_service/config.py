@@ -52,8 +52,11 @@ class Settings:
     # 50 MP admits every phone photo (a 50 MP sensor is 8160x6120 = 49.9 MP; WhatsApp itself sends at most
     # 4096 px on the long side) while bounding a non-JPEG decode to ~200 MB per worker (RGBA, 4 bytes/pixel).
     max_pixels: int = 50_000_000
-    # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching.
-    workers: int = 8
+    # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching. Each
+    # call holds its photo at up to 900 px and 9-13 canvases (~5-15 MB), and already brings Triton a batch:
+    # 4 kept the service under 200 MB at concurrency 16 (peak 195 MB vs 253 MB with 8) with more throughput
+    # (bench/vision.py, README "Performance").
+    workers: int = 4
     # Calls queued beyond the running ones before new ones are refused with RESOURCE_EXHAUSTED.
     max_queued: int = 32
     # Seconds SIGTERM leaves in-flight calls to finish.
