@@ -7,7 +7,7 @@ Pure functions over views.Box. The rules, in order:
    bench/accuracy.py (README, "Accuracy");
 2. a tile detection that touches one of the tile's inner borders is a face cut by the tile: the overlap
    makes sure a face the tiles are responsible for is whole in a neighbouring tile, so it is dropped here;
-3. a tile detection larger than ``tile_max_side`` canvas pixels is the whole view's job (that face is at
+3. a tile detection larger than ``tile_max_side`` of the canvas (200 px of 300) is the whole view's job (that face is at
    least 50 px in the whole view, which finds such faces): up close, a tile mostly finds false faces that
    size — a cat's head, an apple — or a part of a real face;
 4. a tile detection lying mostly inside a face the whole view found is part of that face (an eye and a
@@ -33,10 +33,11 @@ class MergeRules:
     iou: float = 0.3
     # Share of the smaller box inside the larger above which they are the same face (a part of it).
     containment: float = 0.6
-    # Largest side, in canvas pixels, of a face a tile answers for (None: any size). On the photo set the
-    # tiles' false alarms on negatives were 250-275 px (a cat, an apple, an orange), their real faces
-    # 65-205 px, and every real face over 150 px was also found by the whole view (bench/accuracy.py).
-    tile_max_side: float | None = 200.0
+    # Largest side, as a share of the canvas, of a face a tile answers for (None: any size). On the photo
+    # set (300 px canvas) the tiles' false alarms on negatives were 250-275 px (a cat, an apple, an orange),
+    # their real faces 65-205 px, and every real face over 150 px was also found by the whole view
+    # (bench/accuracy.py): 2/3, i.e. 200 px.
+    tile_max_side: float | None = 2 / 3
 
 
 def intersection(a: Box, b: Box) -> float:
@@ -76,7 +77,7 @@ def too_large_for_tile(box: Box, rules: MergeRules) -> bool:
     if rules.tile_max_side is None or box.view.kind != TILE:
         return False
     side = max((box.right - box.left) * box.view.scale_x, (box.bottom - box.top) * box.view.scale_y)
-    return side > rules.tile_max_side
+    return side > rules.tile_max_side * box.view.canvas
 
 
 def same_face(a: Box, b: Box, rules: MergeRules) -> bool:
