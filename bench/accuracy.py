@@ -203,7 +203,7 @@ def choose(
 
 def class_table(outcome: Outcome, photos: Sequence[Photo]) -> list[str]:
     lines = [
-        "| class | photos | said \"face\" | recall | false alarms | precision within class | face count exact |",
+        "| class | photos | said \"face\" | recall | false alarms | precision, this class + every negative | face count exact |",
         "|---|---|---|---|---|---|---|",
     ]
     for cls in CLASSES:
@@ -217,7 +217,9 @@ def class_table(outcome: Outcome, photos: Sequence[Photo]) -> list[str]:
             exact = sum(outcome.counts[p.name] == p.faces for p in positives if p.region is None)
             counted = sum(p.region is None for p in positives)
             count = f"{exact}/{counted}" if counted else "—"
-            lines.append(f"| {cls} | {len(members)} | {yes} | {recall} | 0 | 1.00 | {count} |")
+            false_alarms = sum(outcome.said_yes[p.name] for p in photos if not p.has_face)
+            precision = f"{yes / (yes + false_alarms):.2f}" if yes + false_alarms else "—"
+            lines.append(f"| {cls} | {len(members)} | {yes} | {recall} | — | {precision} | {count} |")
         else:
             lines.append(f"| {cls} | {len(members)} | {yes} | — | {yes} | — | — |")
     return lines
