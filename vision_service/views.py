@@ -208,8 +208,11 @@ def to_photo(view: View, rows: np.ndarray, count: int, width: int, height: int, 
     return boxes
 
 
-def unturn(box: tuple[float, float, float, float], rotation: int, width: int, height: int) -> tuple[float, float, float, float]:
-    """A box on the photo turned by ``rotation`` (counter-clockwise) as a box on the upright ``width`` x ``height`` photo.
+Rect = tuple[float, float, float, float]
+
+
+def unturn(box: Rect, rotation: int, width: int, height: int) -> Rect:
+    """A box on the photo turned by ``rotation`` (counter-clockwise) as one on the upright ``width`` x ``height`` photo.
 
     Turning 90° counter-clockwise sends the upright point (x, y) to (y, width - x); 270° sends it to
     (height - y, x). These are their inverses.

@@ -70,7 +70,8 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 @pytest.mark.parametrize("degrees", [90, 270])
 def test_the_sideways_views_find_a_turned_portrait_when_the_upright_whole_view_does_not(detector, degrees: int) -> None:
     turned = photo(f"grace_hopper_turned_{degrees}").data
-    upright_only = find_faces(turned, detector=detector, limits=LIMITS, policy=ViewPolicy(tile_long_side=0, sideways=False))
+    whole_only = ViewPolicy(tile_long_side=0, sideways=False)
+    upright_only = find_faces(turned, detector=detector, limits=LIMITS, policy=whole_only)
     assert upright_only.faces == [] and upright_only.views == 1
     report = find_faces(turned, detector=detector, limits=LIMITS, policy=ViewPolicy(tile_long_side=0))
     assert report.views == 3  # the whole view, then the two turns in a second request
