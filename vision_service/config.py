@@ -11,6 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+# Tiles below 450 px would show the photo barely larger than the whole 300 px view; above 1000 a square photo
+# needs more than 31 tiles (the model's max_batch_size is 32, one is the whole view) and the CPU cost grows
+# with the square of the long side.
+MIN_TILE_LONG_SIDE = 450
+MAX_TILE_LONG_SIDE = 1000
 
 
 class ConfigError(ValueError):
@@ -28,10 +33,19 @@ class Settings:
     triton_model_version: str = ""
     # Longest a call may take (decode + Triton) when the caller sets no shorter gRPC deadline.
     triton_timeout_s: float = 10.0
-    # Default decision threshold, from bench/accuracy.py on the photo set (README, "Accuracy"): on the
-    # served 300 px canvas every real photo with a face scores >= 0.93 but one (a street scene), while the
-    # strongest non-face is a motion-blurred clock at 0.77; 0.8 keeps every real face and no false alarm.
-    face_min_confidence: float = 0.8
+    # Decision thresholds per view kind (vision_service/views.py), from bench/accuracy.py on the photo set
+    # (README, "Accuracy"): each is the middle of the range that gives the same precision and recall with the
+    # others held — whole view 0.80-0.99, tiles 0.59-0.93, sideways 0.85-0.99. ``face_min_confidence`` is the
+    # whole photo's; tiles of the enlarged photo and the photo turned 90°/270° (looked at only when nothing
+    # upright was found) have their own.
+    face_min_confidence: float = 0.9
+    face_tile_min_confidence: float = 0.76
+    face_sideways_min_confidence: float = 0.92
+    # Tiles show the photo scaled to this long side (px), cut into canvas-sized overlapping tiles, for faces too
+    # small for the whole view; 0 = whole view only (1/10 of the CPU on a large photo, small faces lost).
+    face_tile_long_side: int = 900
+    # Look at the photo turned 90° and 270° when the upright views find nothing (phone photos without EXIF).
+    face_sideways: bool = True
     # WhatsApp's own media cap; larger requests are refused before decoding.
     max_input_bytes: int = 16 * MIB
     # Pixel cap applied from the image header, before any pixel is decoded (decompression bombs).
@@ -44,8 +58,11 @@ class Settings:
     # room taken waits up to its deadline, then is refused as UNAVAILABLE, which the gateway retries.
     # 200 MiB admits a 50 MP RGBA PNG or a 13 MP WebP and keeps the service under 400 MB.
     decode_memory_mb: int = 200
-    # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching.
-    workers: int = 8
+    # Threads serving DetectFaces; also how many Triton requests can be in flight for dynamic batching. Each
+    # call holds its photo at up to 900 px and 9-13 canvases (~5-15 MB), and already brings Triton a batch:
+    # 4 kept the service under 200 MB at concurrency 16 (peak 195 MB vs 253 MB with 8) with more throughput
+    # (bench/vision.py, README "Performance").
+    workers: int = 4
     # Calls queued beyond the running ones before new ones are refused with RESOURCE_EXHAUSTED.
     max_queued: int = 32
     # Seconds SIGTERM leaves in-flight calls to finish.
@@ -83,6 +100,12 @@ class Settings:
             triton_model_version=_version(env, "TRITON_MODEL_VERSION", defaults.triton_model_version),
             triton_timeout_s=_number(env, "TRITON_TIMEOUT_S", defaults.triton_timeout_s, float, minimum=0.01),
             face_min_confidence=_confidence(env, "FACE_MIN_CONFIDENCE", defaults.face_min_confidence),
+            face_tile_min_confidence=_confidence(env, "FACE_TILE_MIN_CONFIDENCE", defaults.face_tile_min_confidence),
+            face_sideways_min_confidence=_confidence(
+                env, "FACE_SIDEWAYS_MIN_CONFIDENCE", defaults.face_sideways_min_confidence
+            ),
+            face_tile_long_side=_number(env, "FACE_TILE_LONG_SIDE", defaults.face_tile_long_side, int, minimum=0),
+            face_sideways=_flag(env, "FACE_SIDEWAYS", defaults.face_sideways),
             max_input_bytes=_number(env, "VISION_MAX_INPUT_BYTES", defaults.max_input_bytes, int, minimum=1),
             max_pixels=_number(env, "VISION_MAX_PIXELS", defaults.max_pixels, int, minimum=1),
             decode_memory_mb=_number(env, "VISION_DECODE_MEMORY_MB", defaults.decode_memory_mb, int, minimum=1),
@@ -95,6 +118,11 @@ class Settings:
             tls_key_file=_raw(env, "VISION_TLS_KEY_FILE") or "",
             tls_client_ca_file=_raw(env, "VISION_TLS_CLIENT_CA_FILE") or "",
         )
+        if 0 < settings.face_tile_long_side < MIN_TILE_LONG_SIDE or settings.face_tile_long_side > MAX_TILE_LONG_SIDE:
+            raise ConfigError(
+                f"FACE_TILE_LONG_SIDE={settings.face_tile_long_side}: expected 0 (no tiles) or "
+                f"{MIN_TILE_LONG_SIDE}..{MAX_TILE_LONG_SIDE} px"
+            )
         if settings.metrics_port > 65535:
             raise ConfigError(f"VISION_METRICS_PORT={settings.metrics_port}: expected a TCP port (0 = off)")
         return settings
@@ -148,6 +176,17 @@ def _confidence(env: Mapping[str, str], name: str, default: float) -> float:
     if value > 1.0:
         raise ConfigError(f"{name}={value!r}: a confidence is between 0 and 1")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false")
 
 
 def _log_level(env: Mapping[str, str], name: str, default: str) -> str:

@@ -30,6 +30,8 @@ class ModelInfo:
     versions: tuple[str, ...]
     canvas: int
     max_detections: int
+    # The most canvases one request may carry (config.pbtxt max_batch_size); 0 = unknown (metadata lacks it).
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,23 +64,36 @@ class TritonDetector:
             if not self._client.is_model_ready(self._model, self._version, client_timeout=timeout):
                 raise DetectorUnavailable(f"Triton is up but model {self._model!r} is not ready")
             metadata = self._client.get_model_metadata(self._model, self._version, client_timeout=timeout)
+            config = self._client.get_model_config(self._model, self._version, client_timeout=timeout).config
         except InferenceServerException as error:
             raise _domain_error(error) from None
-        info = _validate(metadata)
+        info = _validate(metadata, int(config.max_batch_size))
         with self._lock:
             self._info = info
         return info
 
     def detect(self, tensor: np.ndarray, *, timeout_s: float | None = None, request_id: str = "") -> Detections:
         """One letterboxed uint8 [S, S, 3] image in, the model's detections out; Triton batches concurrent calls."""
+        return self.detect_batch(tensor[np.newaxis], timeout_s=timeout_s, request_id=request_id)[0]
+
+    def detect_batch(
+        self, tensors: np.ndarray, *, timeout_s: float | None = None, request_id: str = ""
+    ) -> list[Detections]:
+        """Several canvases (uint8 [N, S, S, 3], the views of one photo) in ONE request; one Detections per canvas.
+
+        One request rather than N: one round trip, and the model runs the views as one batch in one forward
+        pass (dynamic batching may add other photos' views to it). N is at most the model's max_batch_size.
+        """
         info = self._info
         if info is None:
             raise DetectorUnavailable("the face detector has not been seen ready yet")
         expected = (info.canvas, info.canvas, 3)
-        if tensor.shape != expected or tensor.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 tensor of shape {expected}, got {tensor.dtype} {tensor.shape}")
-        image = triton.InferInput(INPUT_NAME, [1, *expected], "UINT8")
-        image.set_data_from_numpy(tensor[np.newaxis])
+        if tensors.ndim != 4 or tensors.shape[1:] != expected or tensors.dtype != np.uint8 or len(tensors) == 0:
+            raise ValueError(f"expected a uint8 tensor of shape [N, *{expected}], got {tensors.dtype} {tensors.shape}")
+        if info.max_batch_size and len(tensors) > info.max_batch_size:
+            raise ValueError(f"{len(tensors)} canvases exceed the model's max_batch_size {info.max_batch_size}")
+        image = triton.InferInput(INPUT_NAME, list(tensors.shape), "UINT8")
+        image.set_data_from_numpy(np.ascontiguousarray(tensors))
         outputs = [triton.InferRequestedOutput(DETECTIONS_NAME), triton.InferRequestedOutput(COUNT_NAME)]
         try:
             result = self._client.infer(
@@ -93,14 +108,16 @@ class TritonDetector:
             raise _domain_error(error) from None
         try:
             rows = result.as_numpy(DETECTIONS_NAME)
-            count = result.as_numpy(COUNT_NAME)
-            if rows is None or count is None:
+            counts = result.as_numpy(COUNT_NAME)
+            if rows is None or counts is None:
                 raise ValueError("DETECTIONS or NUM_DETECTIONS is missing")
-            return Detections(
-                rows=rows.reshape(info.max_detections, 5),
-                count=min(int(count.reshape(-1)[0]), info.max_detections),
-                model_version=result.get_response().model_version,
-            )
+            rows = rows.reshape(len(tensors), info.max_detections, 5)
+            counts = counts.reshape(len(tensors))
+            version = result.get_response().model_version
+            return [
+                Detections(rows=rows[i], count=min(int(counts[i]), info.max_detections), model_version=version)
+                for i in range(len(tensors))
+            ]
         except (ValueError, IndexError) as error:
             raise DetectorRejected(f"Triton's answer does not match the model's metadata: {error}") from None
 
@@ -108,7 +125,7 @@ class TritonDetector:
         self._client.close()
 
 
-def _validate(metadata) -> ModelInfo:
+def _validate(metadata, max_batch_size: int = 0) -> ModelInfo:
     """Fail loudly at start-up if the model's tensors are not the ones this service was written for."""
     tensors = {t.name: t for t in [*metadata.inputs, *metadata.outputs]}
     problems: list[str] = []
@@ -136,7 +153,11 @@ def _validate(metadata) -> ModelInfo:
     if problems:
         raise DetectorRejected(f"model {metadata.name!r} does not match the face detector contract: " + "; ".join(problems))
     return ModelInfo(
-        name=metadata.name, versions=tuple(metadata.versions), canvas=int(image[0]), max_detections=int(detections[0])
+        name=metadata.name,
+        versions=tuple(metadata.versions),
+        canvas=int(image[0]),
+        max_detections=int(detections[0]),
+        max_batch_size=max_batch_size,
     )
 
 

@@ -31,7 +31,7 @@ from vision_service.errors import (
     InvalidImage,
 )
 from vision_service.metrics import interceptors, start_metrics_server
-from vision_service.pipeline import Limits, find_faces
+from vision_service.pipeline import Limits, ViewPolicy, find_faces
 
 logger = logging.getLogger("vision_service")
 
@@ -50,15 +50,23 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self._detector = detector
         self._watcher = watcher
         self._limits = Limits(max_bytes=settings.max_input_bytes, max_pixels=settings.max_pixels)
+        self._policy = ViewPolicy(
+            min_confidence=settings.face_min_confidence,
+            tile_min_confidence=settings.face_tile_min_confidence,
+            sideways_min_confidence=settings.face_sideways_min_confidence,
+            tile_long_side=settings.face_tile_long_side,
+            sideways=settings.face_sideways,
+        )
 
     def DetectFaces(self, request: vision_pb2.DetectFacesRequest, context: grpc.ServicerContext):
         request_id = request.request_id or uuid.uuid4().hex
         fields = {"request_id": request_id, "content_type": request.content_type, "size": len(request.image)}
-        min_confidence = self._settings.face_min_confidence
+        policy = self._policy
         if request.HasField("min_confidence"):
-            min_confidence = request.min_confidence
-            if not 0.0 <= min_confidence <= 1.0:  # also refuses NaN
+            if not 0.0 <= request.min_confidence <= 1.0:  # also refuses NaN
                 self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "min_confidence must be between 0 and 1", fields)
+            policy = policy.with_min_confidence(request.min_confidence)
+        min_confidence = policy.min_confidence
         remaining = context.time_remaining()
         budget_s = self._settings.triton_timeout_s
         caller_bound = remaining is not None and remaining - DEADLINE_MARGIN_S < budget_s
@@ -71,7 +79,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 request.image,
                 detector=self._detector,
                 limits=self._limits,
-                min_confidence=min_confidence,
+                policy=policy,
                 deadline=time.monotonic() + budget_s,
                 request_id=request_id,
             )
@@ -97,6 +105,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 "width": report.width,
                 "height": report.height,
                 "faces": len(report.faces),
+                "views": report.views,
+                "found_by": sorted({f.view for f in report.faces}),
                 "min_confidence": min_confidence,
                 "model_version": report.model_version,
                 **{f"{step}_ms": ms for step, ms in report.timings_ms.items()},
@@ -108,6 +118,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 vision_pb2.Face(
                     box=vision_pb2.BoundingBox(left=f.left, top=f.top, right=f.right, bottom=f.bottom),
                     confidence=f.confidence,
+                    view=f.view,
                 )
                 for f in report.faces
             ],
@@ -117,6 +128,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             model_name=self._settings.triton_model,
             model_version=report.model_version,
             min_confidence=min_confidence,
+            views=report.views,
         )
 
     @staticmethod

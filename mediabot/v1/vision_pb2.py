@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mediabot/v1/vision.proto\x12\x0bmediabot.v1\"}\n\x12\x44\x65tectFacesRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x1b\n\x0emin_confidence\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x11\n\x0f_min_confidence\"G\n\x0b\x42oundingBox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"A\n\x04\x46\x61\x63\x65\x12%\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x18.mediabot.v1.BoundingBox\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"\xbb\x01\n\x13\x44\x65tectFacesResponse\x12\x10\n\x08has_face\x18\x01 \x01(\x08\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.mediabot.v1.Face\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x16\n\x0emin_confidence\x18\x08 \x01(\x02\x32\x61\n\rVisionService\x12P\n\x0b\x44\x65tectFaces\x12\x1f.mediabot.v1.DetectFacesRequest\x1a .mediabot.v1.DetectFacesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mediabot/v1/vision.proto\x12\x0bmediabot.v1\"}\n\x12\x44\x65tectFacesRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x1b\n\x0emin_confidence\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x11\n\x0f_min_confidence\"G\n\x0b\x42oundingBox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"O\n\x04\x46\x61\x63\x65\x12%\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x18.mediabot.v1.BoundingBox\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0c\n\x04view\x18\x03 \x01(\t\"\xca\x01\n\x13\x44\x65tectFacesResponse\x12\x10\n\x08has_face\x18\x01 \x01(\x08\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.mediabot.v1.Face\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x16\n\x0emin_confidence\x18\x08 \x01(\x02\x12\r\n\x05views\x18\t \x01(\r2a\n\rVisionService\x12P\n\x0b\x44\x65tectFaces\x12\x1f.mediabot.v1.DetectFacesRequest\x1a .mediabot.v1.DetectFacesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BOUNDINGBOX']._serialized_start=168
   _globals['_BOUNDINGBOX']._serialized_end=239
   _globals['_FACE']._serialized_start=241
-  _globals['_FACE']._serialized_end=306
-  _globals['_DETECTFACESRESPONSE']._serialized_start=309
-  _globals['_DETECTFACESRESPONSE']._serialized_end=496
-  _globals['_VISIONSERVICE']._serialized_start=498
-  _globals['_VISIONSERVICE']._serialized_end=595
+  _globals['_FACE']._serialized_end=320
+  _globals['_DETECTFACESRESPONSE']._serialized_start=323
+  _globals['_DETECTFACESRESPONSE']._serialized_end=525
+  _globals['_VISIONSERVICE']._serialized_start=527
+  _globals['_VISIONSERVICE']._serialized_end=624
 # @@protoc_insertion_point(module_scope)

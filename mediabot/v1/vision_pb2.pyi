@@ -31,15 +31,17 @@ class BoundingBox(_message.Message):
     def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., right: _Optional[int] = ..., bottom: _Optional[int] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("box", "confidence")
+    __slots__ = ("box", "confidence", "view")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     box: BoundingBox
     confidence: float
-    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    view: str
+    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ..., view: _Optional[str] = ...) -> None: ...
 
 class DetectFacesResponse(_message.Message):
-    __slots__ = ("has_face", "faces", "width", "height", "format", "model_name", "model_version", "min_confidence")
+    __slots__ = ("has_face", "faces", "width", "height", "format", "model_name", "model_version", "min_confidence", "views")
     HAS_FACE_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +50,7 @@ class DetectFacesResponse(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
     has_face: bool
     faces: _containers.RepeatedCompositeFieldContainer[Face]
     width: int
@@ -56,4 +59,5 @@ class DetectFacesResponse(_message.Message):
     model_name: str
     model_version: str
     min_confidence: float
-    def __init__(self, has_face: _Optional[bool] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+    views: int
+    def __init__(self, has_face: _Optional[bool] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., min_confidence: _Optional[float] = ..., views: _Optional[int] = ...) -> None: ...

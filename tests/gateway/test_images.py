@@ -63,6 +63,7 @@ def test_photo_with_a_face_is_kept_unchanged_with_its_faces(
     assert sidecar["model"]["name"] and sidecar["model"]["version"]
     (face,) = sidecar["faces"]
     assert face["confidence"] >= sidecar["min_confidence"]
+    assert face["view"] == "whole" and sidecar["views"] >= 1
     left, top, right, bottom = GRACE_HOPPER_FACE
     box = face["box"]
     # The detector's box overlaps the face drawn by eye.
@@ -124,6 +125,29 @@ def test_several_photos_with_mixed_results_get_one_reply(
     assert [p.name.split("_", 1)[1] for p in image_files(media_root)] == [
         f"{form['MessageSid']}_0.jpg", f"{form['MessageSid']}_2.jpg"
     ]
+
+
+def test_a_group_a_small_face_and_a_sideways_portrait_are_all_kept_with_each_face_and_its_view(
+    vision_gateway: Flask, media_server: MediaServer, media_root: Path
+) -> None:
+    names = ["group_of_eight", "small_luispedro_on_motorcycle_4", "grace_hopper_turned_90"]
+    media = [
+        (media_server.add(f"/m/{i}", body=photo(name).data, content_type="image/jpeg"), "image/jpeg")
+        for i, name in enumerate(names)
+    ]
+    lines = reply_of(signed_post(vision_gateway.test_client(), media_form(media))).split("\n")
+    assert lines[0] == "1. Saved your photo (8 faces found)."
+    assert SAVED_PHOTO.fullmatch(lines[1].removeprefix("2. "))
+    assert lines[2] == "3. Saved your photo (1 face found)."
+    stored = image_files(media_root)
+    assert len(stored) == 3
+    sidecars = [json.loads(p.with_name(p.name + ".json").read_text()) for p in stored]
+    group = next(s for s in sidecars if s["image"]["width"] == 2400)
+    assert len(group["faces"]) == 8 and group["views"] == 9
+    assert all(face["view"] == "whole" or face["view"].startswith("tile 900 ") for face in group["faces"])
+    turned = next(s for s in sidecars if s["image"]["width"] == 600)
+    # Nothing upright (the whole view and 9 tiles), then the photo turned back: 12 canvases in two requests.
+    assert (turned["faces"][0]["view"], turned["views"]) == ("sideways 270", 12)
 
 
 def test_voice_and_photo_in_one_message(

@@ -34,8 +34,14 @@ def test_values_are_read() -> None:
             "VISION_MAX_QUEUED": "0",
             "VISION_GRACE_S": "0",
             "LOG_LEVEL": "debug",
+            "FACE_TILE_MIN_CONFIDENCE": "0.7",
+            "FACE_SIDEWAYS_MIN_CONFIDENCE": "0.95",
+            "FACE_TILE_LONG_SIDE": "600",
+            "FACE_SIDEWAYS": "false",
         }
     )
+    assert (settings.face_tile_min_confidence, settings.face_sideways_min_confidence) == (0.7, 0.95)
+    assert (settings.face_tile_long_side, settings.face_sideways) == (600, False)
     assert (settings.listen, settings.triton_url, settings.triton_model) == ("0.0.0.0:6000", "triton:8001", "faces")
     assert (settings.triton_model_version, settings.triton_timeout_s, settings.face_min_confidence) == ("3", 2.5, 0.8)
     assert (settings.max_input_bytes, settings.max_pixels, settings.workers) == (1000, 2000, 3)
@@ -59,8 +65,18 @@ def test_values_are_read() -> None:
         ("VISION_WORKERS", "0"),
         ("VISION_GRACE_S", "-1"),
         ("LOG_LEVEL", "LOUD"),
+        ("FACE_TILE_MIN_CONFIDENCE", "2"),
+        ("FACE_SIDEWAYS_MIN_CONFIDENCE", "-0.1"),
+        ("FACE_TILE_LONG_SIDE", "300"),
+        ("FACE_TILE_LONG_SIDE", "5000"),
+        ("FACE_TILE_LONG_SIDE", "big"),
+        ("FACE_SIDEWAYS", "maybe"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_tiles_can_be_turned_off() -> None:
+    assert Settings.from_env({"FACE_TILE_LONG_SIDE": "0"}).face_tile_long_side == 0

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mediabot.v1 import vision_pb2
 from tests.fixtures.photos import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
-from tests.fixtures.vision import SERVING, health_status
+from tests.fixtures.vision import SERVING, health_status, wait_for_health
 from tests.vision_service.images import (
     IMAGE_MODES,
     encode,
@@ -45,7 +45,8 @@ def box(face: vision_pb2.Face) -> tuple[int, int, int, int]:
 
 
 def test_health_is_serving_for_the_server_and_the_service(vision_server: str) -> None:
-    assert health_status(vision_server) == SERVING
+    # An earlier test (tests/gateway) may have just restarted the session's Triton: health follows it back.
+    wait_for_health(vision_server, SERVING, timeout=60)
     assert health_status(vision_server, SERVICE_NAME) == SERVING
 
 
@@ -216,3 +217,62 @@ def test_format_is_detected_from_content_not_the_declared_type(vision_stub) -> N
     webp = io.BytesIO()
     face_image().save(webp, "WEBP")
     assert detect(vision_stub, webp.getvalue(), "image/png").format == "WEBP"
+
+
+# Multi-view detection (views.py, merge.py): each photo class through the real service and Triton.
+
+
+def test_a_group_of_eight_counts_eight_faces_found_by_the_tiles(vision_stub) -> None:
+    group = photo("group_of_eight")
+    reply = detect(vision_stub, group.data)
+    assert len(reply.faces) == group.faces == 8
+    assert reply.views == 9  # the whole photo and 4 x 2 tiles of it at 900x450 px, in one request
+    assert any(face.view.startswith("tile 900 ") for face in reply.faces)
+    boxes = [box(face) for face in reply.faces]
+    assert all(iou(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+@pytest.mark.parametrize("name", ["grace_hopper", "astronaut", "luispedro", "tom_hanks_112px"])
+def test_a_portrait_counts_one_face(vision_stub, name: str) -> None:
+    reply = detect(vision_stub, photo(name).data)
+    assert len(reply.faces) == 1, [(f.view, f.confidence, box(f)) for f in reply.faces]
+    assert reply.faces[0].view == "whole"
+
+
+def test_a_photo_too_small_for_tiles_gets_one_view(vision_stub) -> None:
+    reply = detect(vision_stub, photo("tom_hanks_112px").data, "image/png")
+    assert (reply.width, reply.height, reply.views) == (112, 112, 1)
+    assert reply.has_face
+
+
+@pytest.mark.parametrize("name", ["bus", "small_luispedro_on_motorcycle_4"])
+def test_small_faces_are_found_in_the_tiles(vision_stub, name: str) -> None:
+    small = photo(name)
+    reply = detect(vision_stub, small.data)
+    assert reply.has_face
+    if small.region is not None:
+        left, top, right, bottom = small.region
+        centres = [((f.box.left + f.box.right) / 2, (f.box.top + f.box.bottom) / 2) for f in reply.faces]
+        assert any(left <= x <= right and top <= y <= bottom for x, y in centres)
+    assert any(face.view.startswith("tile ") for face in reply.faces)
+
+
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_a_sideways_portrait_is_found_with_its_box_on_the_photo_as_stored(vision_stub, degrees: int) -> None:
+    reply = detect(vision_stub, photo(f"grace_hopper_turned_{degrees}").data)
+    assert (reply.width, reply.height) == (600, 512)
+    assert len(reply.faces) == 1
+    (face,) = reply.faces
+    # The upright views may already find a sideways face up close (a tile); if not, the sideways views do.
+    assert face.view == f"sideways {360 - degrees}" or face.view.startswith("tile "), face.view
+    # Grace Hopper's face, turned with the photo: 90° ccw sends (x, y) to (y, 512 - x); 270° to (600 - y, x).
+    left, top, right, bottom = GRACE_HOPPER_FACE
+    expected = (top, 512 - right, bottom, 512 - left) if degrees == 90 else (600 - bottom, left, 600 - top, right)
+    assert iou(box(face), expected) > 0.6
+
+
+@pytest.mark.parametrize("name", ["chelsea_cat", "coins", "clock_motion", "horse_silhouette", "large_rocket"])
+def test_hard_negatives_stay_out_with_every_view(vision_stub, name: str) -> None:
+    reply = detect(vision_stub, photo(name).data)
+    assert not reply.has_face, [(f.view, f.confidence) for f in reply.faces]
+    assert reply.views > 1  # the sideways views were looked at too
