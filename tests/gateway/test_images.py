@@ -199,7 +199,7 @@ def test_readyz_is_ready_when_both_services_serve(vision_gateway: Flask) -> None
 def test_triton_stopped_means_the_photo_is_not_checked_and_not_kept(
     vision_gateway: Flask, media_server: MediaServer, media_root: Path, triton_server_running
 ) -> None:  # noqa: ANN001 - the fixture's type lives in tests.fixtures.triton
-    from tests.fixtures.vision import NOT_SERVING, wait_for_health
+    from tests.fixtures.vision import NOT_SERVING, SERVING, wait_for_health
 
     vision_addr = vision_gateway.extensions["mediabot"].settings.vision_service_addr
     triton_server_running.stop()
@@ -213,3 +213,5 @@ def test_triton_stopped_means_the_photo_is_not_checked_and_not_kept(
         assert response.status_code == 503 and response.json["dependencies"]["vision"] == "NOT_SERVING"
     finally:
         triton_server_running.start()
+        # Leave the session's vision service as it was found: serving again, for the tests after this one.
+        wait_for_health(vision_addr, SERVING, timeout=120)
