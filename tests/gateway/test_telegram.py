@@ -1,0 +1,274 @@
+"""Telegram end to end: the real gateway, the real audio service, a local Bot API server.
+
+Updates are shaped like Telegram's (gateway.telegram.simulate builds them), posted with the secret header;
+the gateway fetches the files from the local Bot API with getFile and the file URL, converts or judges them
+like WhatsApp media, and answers with a sendMessage in the response body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from gateway import replies
+from gateway.intake import Intake
+from gateway.spool import Backoff, Spool
+from gateway.telegram.notify import TelegramNotifier
+from gateway.telegram.simulate import LocalBotApi, message_update
+from gateway.telegram.webhook import HELP
+from gateway.worker import SpoolWorker
+from tests.fixtures.gateway import SENDER_ID, closed_port_addr, spooled
+from tests.fixtures.telegram import (
+    TG_SECRET,
+    TG_SENDER,
+    TG_TOKEN,
+    USER_ID,
+    file_update,
+    post_update,
+    reply_text,
+    telegram_env,
+    telegram_files,
+)
+
+
+def test_voice_note_is_saved_as_16_khz_wav_under_the_telegram_prefix(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    update = file_update(bot_api, voice_note)
+    response = post_update(telegram_gateway, update)
+
+    body = response.get_json()
+    assert body["chat_id"] == USER_ID
+    assert body["reply_parameters"]["message_id"] == update["message"]["message_id"]
+    text = reply_text(response)
+    assert text.startswith("Saved your voice message (")
+    assert "/mydata" in text and "/delete" in text  # the privacy notice, in Telegram's words, on first contact
+    (stored,) = telegram_files(media_root, kind="audio")
+    chat, message = update["message"]["chat"]["id"], update["message"]["message_id"]
+    assert stored.name.endswith(f"_TG{chat}M{message}_0.wav")
+    with wave.open(str(stored)) as wav:
+        assert (wav.getframerate(), wav.getnchannels()) == (16000, 1)
+    sidecar = json.loads(stored.with_name(stored.name + ".json").read_text())
+    assert sidecar["sender_id"] == TG_SENDER and sidecar["original"]["content_type"] == "audio/ogg"
+    assert bot_api.calls == ["getFile", "file"]
+    assert not (media_root / "whatsapp").exists()  # the same digits as a WhatsApp number, another channel
+
+
+def test_audio_document_is_saved(telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path,
+                                 mp3_audio: Path) -> None:
+    text = reply_text(post_update(telegram_gateway, file_update(bot_api, mp3_audio, as_document=True)))
+    assert text.startswith("Saved your voice message (")
+    assert len(telegram_files(media_root, kind="audio")) == 1
+
+
+@pytest.mark.parametrize(("kind", "content", "what"), [
+    ("sticker", {"sticker": {"file_id": "CAACsticker", "file_unique_id": "s", "width": 512, "height": 512,
+                             "is_animated": False, "is_video": False, "type": "regular"}}, "stickers"),
+    ("video_note", {"video_note": {"file_id": "DQACnote", "file_unique_id": "v", "length": 240,
+                                   "duration": 3}}, "video messages"),
+])
+def test_sticker_and_video_note_are_answered_without_downloading(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, kind: str, content: dict, what: str
+) -> None:
+    text = reply_text(post_update(telegram_gateway, message_update(USER_ID, **content)))
+    assert text.startswith(replies.unsupported(what))
+    assert bot_api.calls == [] and telegram_files(media_root) == []
+
+
+@pytest.mark.parametrize("text", ["/start", "/help", "/help@mediabot_local_bot"])
+def test_start_and_help_say_what_the_bot_does(telegram_gateway: Flask, text: str) -> None:
+    assert reply_text(post_update(telegram_gateway, message_update(USER_ID, text=text))) == HELP
+
+
+@pytest.mark.parametrize(("secret", "status"), [(None, 403), ("", 403), ("wrong-secret", 403), (TG_SECRET[:-1], 403)])
+def test_missing_or_wrong_secret_is_refused_and_nothing_is_fetched(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path, secret: str | None,
+    status: int
+) -> None:
+    response = post_update(telegram_gateway, file_update(bot_api, voice_note), secret=secret)
+    assert response.status_code == status
+    assert bot_api.calls == [] and telegram_files(media_root) == [] and spooled(media_root) == []
+
+
+def test_telegram_is_404_unless_configured(make_gateway: Callable[..., Flask], voice_note: Path) -> None:
+    app = make_gateway()  # a public PUBLIC_BASE_URL and no TELEGRAM_*: the channel is off
+    assert post_update(app, message_update(USER_ID, text="hi")).status_code == 404
+
+
+@pytest.mark.parametrize("file_path", ["../../../etc/passwd", "voice/../../x.oga", "/var/lib/telegram/x.oga",
+                                       "http://evil.example/x.oga", "https://127.0.0.1/file.oga"])
+def test_hostile_file_path_is_refused(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path, file_path: str
+) -> None:
+    update = file_update(bot_api, voice_note)
+    bot_api.file_paths[update["message"]["voice"]["file_id"]] = file_path
+    text = reply_text(post_update(telegram_gateway, update))
+    assert text.startswith("Sorry, I couldn't download your voice message.")
+    assert bot_api.calls == ["getFile"]  # nothing downloaded
+    assert telegram_files(media_root) == [] and spooled(media_root) == []
+
+
+def test_the_same_update_three_times_stores_one_object(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    update = file_update(bot_api, voice_note)
+    texts = [reply_text(post_update(telegram_gateway, update)) for _ in range(3)]
+    assert all(text.startswith("Saved your voice message (") for text in texts)
+    assert len(telegram_files(media_root)) == 1
+    assert bot_api.calls.count("file") == 1  # the replays find the stored object: nothing fetched again
+
+
+def test_album_photos_are_each_judged(
+    make_gateway: Callable[..., Flask], audio_server: str, vision_server: str, bot_api: LocalBotApi,
+    media_root: Path, tmp_path: Path
+) -> None:
+    from tests.fixtures.photos import face_photo, no_face_photo
+
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, VISION_SERVICE_ADDR=vision_server, VISION_RPC_TIMEOUT_S="10",
+                       **telegram_env(bot_api))
+    face, landscape = tmp_path / "face.jpg", tmp_path / "landscape.jpg"
+    face.write_bytes(face_photo())
+    landscape.write_bytes(no_face_photo())
+    texts = [reply_text(post_update(app, file_update(bot_api, path, media_group_id="13579")))
+             for path in (face, landscape)]
+
+    assert texts[0].startswith("Saved your photo (1 face found).")
+    assert texts[1] == replies.NO_FACE
+    (stored,) = telegram_files(media_root, kind="images")
+    assert stored.read_bytes() == face.read_bytes()
+
+
+def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    update = file_update(bot_api, voice_note)
+    bot_api.fail_with = 502
+    text = reply_text(post_update(telegram_gateway, update))
+    assert text.startswith(replies.RECEIVED_VOICE)
+    assert len(spooled(media_root)) == 1 and telegram_files(media_root) == []
+
+    bot_api.fail_with = None
+    services = telegram_gateway.extensions["mediabot"]
+    spool = Spool(services.settings.spool_dir)
+    for path in spool.directory.glob("*.spool"):
+        assert TG_TOKEN not in path.read_text()  # the spool holds the file_id, never the token
+    worker = SpoolWorker(spool, Intake(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
+                         attempt_budget_s=20, notify=TelegramNotifier(services.telegram))
+    spool_entry = spool.lease(spooled(media_root)[0])
+    assert spool_entry is not None
+    spool_entry.record_retry({0: "download_failed"}, 0)  # due now
+    spool_entry.release()
+    assert worker.run_once() == 1
+    assert len(telegram_files(media_root)) == 1 and spooled(media_root) == []
+    (sent,) = bot_api.sent
+    assert sent["chat_id"] == USER_ID and sent["text"].startswith("Saved your voice message (")
+    assert sent["reply_parameters"]["message_id"] == update["message"]["message_id"]
+
+
+def test_bot_api_unreachable_is_answered_and_spooled(
+    make_gateway: Callable[..., Flask], audio_server: str, bot_api: LocalBotApi, media_root: Path,
+    voice_note: Path
+) -> None:
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server,
+                       **telegram_env(bot_api, TELEGRAM_API_BASE_URL=f"http://{closed_port_addr()}"))
+    text = reply_text(post_update(app, file_update(bot_api, voice_note)))
+    assert text.startswith(replies.RECEIVED_VOICE)
+    assert len(spooled(media_root)) == 1
+
+
+def test_the_token_never_reaches_logs_replies_or_the_spool_of_a_failing_run(
+    make_gateway: Callable[..., Flask], audio_server: str, bot_api: LocalBotApi, media_root: Path,
+    voice_note: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, LOG_LEVEL="DEBUG", **telegram_env(bot_api))
+    bodies = []
+    for failure in ("hostile", 500, 401, None):
+        update = file_update(bot_api, voice_note)
+        bot_api.fail_with = failure if isinstance(failure, int) else None
+        if failure == "hostile":
+            bot_api.file_paths[update["message"]["voice"]["file_id"]] = "../secret"
+        bodies.append(post_update(app, update).get_data(as_text=True))
+    bot_api.fail_with = None
+    unreachable = make_gateway(AUDIO_SERVICE_ADDR=audio_server,
+                               **telegram_env(bot_api, TELEGRAM_API_BASE_URL=f"http://{closed_port_addr()}"))
+    bodies.append(post_update(unreachable, file_update(bot_api, voice_note)).get_data(as_text=True))
+
+    assert "getFile" in caplog.text  # the Bot API calls were logged (urllib3, at DEBUG) ...
+    assert TG_TOKEN not in caplog.text  # ... with the token masked
+    assert TG_TOKEN.split(":")[1] not in caplog.text
+    assert not any(TG_TOKEN in body for body in bodies)
+    spool_dir = media_root.parent / "spool"
+    assert not any(TG_TOKEN in p.read_text() for p in spool_dir.rglob("*.spool"))
+    assert not any(TG_TOKEN in p.read_text() for p in media_root.rglob("*.json"))
+
+
+def test_privacy_commands_see_and_erase_only_the_telegram_senders_data(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.store import AUDIO, MediaRef
+
+    post_update(telegram_gateway, file_update(bot_api, voice_note))
+    # A WhatsApp user whose number has the same digits as the Telegram user's id.
+    store = telegram_gateway.extensions["mediabot"].store
+    assert SENDER_ID == str(USER_ID)
+    theirs, _ = store.put(MediaRef(SENDER_ID, AUDIO, "MM" + "ab" * 16, 0), b"RIFF", content_type="audio/wav",
+                          metadata={}, received_at=datetime.now(UTC))
+
+    mine = reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/mydata")))
+    assert mine.startswith("I keep 1 voice message and 0 photos") and "/delete" in mine
+    ask = reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/delete")))
+    assert "/delete_all" in ask
+    done = reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/delete_all")))
+    assert done.startswith("Done: I erased 1 file")
+    assert telegram_files(media_root) == [] and store.marker("erased", TG_SENDER) is not None
+    assert store.marker("erased", SENDER_ID) is None
+    assert [o.key for o in store.list(SENDER_ID)] == [theirs.key]
+    assert theirs.key.startswith(f"whatsapp/{SENDER_ID}/")
+
+
+def test_edited_message_is_ignored_politely(telegram_gateway: Flask, bot_api: LocalBotApi, voice_note: Path) -> None:
+    update = file_update(bot_api, voice_note)
+    update["edited_message"] = update.pop("message")
+    response = post_update(telegram_gateway, update)
+    assert response.status_code == 200 and response.get_data() == b""
+    assert bot_api.calls == []
+
+
+@pytest.mark.parametrize("update", [
+    {"update_id": 1, "message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"},
+                                 "from": {"id": "5", "is_bot": False, "first_name": "x"}, "text": "hi"}},
+    {"update_id": 1, "message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"},
+                                 "from": {"id": -5, "is_bot": False, "first_name": "x"}, "text": "hi"}},
+    {"update_id": 1, "message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"},
+                                 "from": {"id": 5, "is_bot": False, "first_name": "x"},
+                                 "voice": {"file_id": "../../x", "file_unique_id": "u", "duration": 1}}},
+    {"update_id": 1, "message": {"message_id": 1, "chat": {"id": 5, "type": "private"}}},
+])
+def test_hostile_updates_get_a_clear_reply_and_nothing_is_fetched(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, update: dict
+) -> None:
+    response = post_update(telegram_gateway, update)
+    assert response.status_code == 200
+    assert response.get_json()["text"] in (replies.INVALID_SENDER, replies.INVALID_MESSAGE)
+    assert bot_api.calls == [] and list(media_root.rglob("*.wav")) == [] and spooled(media_root) == []
+
+
+def test_development_secret_is_answered_for_this_machine_only(
+    make_gateway: Callable[..., Flask], bot_api: LocalBotApi
+) -> None:
+    from gateway.config import DEV_TELEGRAM_WEBHOOK_SECRET
+
+    app = make_gateway(PUBLIC_BASE_URL="http://127.0.0.1:8080", TELEGRAM_API_BASE_URL=bot_api.base_url)
+    assert app.extensions["mediabot"].settings.telegram_dev_credentials
+    update = message_update(USER_ID, text="/start")
+    assert post_update(app, update, secret=DEV_TELEGRAM_WEBHOOK_SECRET, remote_addr="127.0.0.1").status_code == 200
+    assert post_update(app, update, secret=DEV_TELEGRAM_WEBHOOK_SECRET, remote_addr="10.1.2.3").status_code == 403
