@@ -140,17 +140,17 @@ class _Handler(BaseHTTPRequestHandler):
         params: dict[str, Any] = {}
         if "json" in (self.headers.get("Content-Type") or ""):
             params = json.loads(raw or b"{}")
-        elif raw:  # form-encoded (pyTelegramBotAPI's apihelper posts forms)
-            from urllib.parse import parse_qsl
-
-            params = dict(parse_qsl(raw.decode()))
-            for key in ("allowed_updates",):
-                if key in params:
-                    params[key] = json.loads(params[key])
         self._serve(params)
 
     def _serve(self, params: dict[str, Any]) -> None:
-        path = urlsplit(self.path).path
+        from urllib.parse import parse_qsl
+
+        parts = urlsplit(self.path)
+        path = parts.path
+        query = dict(parse_qsl(parts.query))  # pyTelegramBotAPI sends a method's parameters in the query
+        if "allowed_updates" in query:
+            query["allowed_updates"] = json.loads(query["allowed_updates"])
+        params = {**query, **params}
         status, answer = self.server.api.handle(path.rsplit("/", 1)[-1], path, params)
         body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
