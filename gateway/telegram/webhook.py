@@ -69,7 +69,7 @@ def telegram() -> Response:
     refused = _refusal(settings.telegram_webhook_secret, settings.telegram_dev_credentials)
     if refused is not None:
         logger.warning("telegram webhook refused", extra={"reason": refused, "remote_addr": request.remote_addr})
-        metrics.record_webhook_answer("forbidden", started)
+        metrics.record_webhook("bad_signature")  # the secret is what Telegram has instead of a signature
         return Response("forbidden\n", status=403, mimetype="text/plain")
 
     data = request.get_json(silent=True)
@@ -80,7 +80,6 @@ def telegram() -> Response:
         text = replies.INVALID_SENDER if isinstance(error, InvalidSender) else replies.INVALID_MESSAGE
         return _answer(chat_id, message_id, text, "invalid_message", started, detail=str(error))
     if found is None:  # edited_message and anything else that is not a new message: nothing to say
-        metrics.record_webhook_answer("ignored", started)
         logger.info("telegram update ignored", extra={"update_id": _update_id(data)})
         return Response(status=200)
     return _handle(found, services, started, received_at)
@@ -145,7 +144,8 @@ def _answer(chat_id: int | None, message_id: int | None, text: str, outcome: str
             notice: str | None = None, **fields: object) -> Response:
     """The reply as a sendMessage in the response body (the notice, on first contact, as its last
     paragraph: one method per response), logged and counted; an empty 200 when there is no chat to answer."""
-    metrics.record_webhook_answer(outcome, started)
+    # Counted like WhatsApp's: a message without media to keep (help, a sticker, a location) is text_only.
+    metrics.record_webhook_answer("text_only" if outcome in ("help", "unsupported") else outcome, started)
     logger.info("telegram webhook handled",
                 extra={**fields, "outcome": outcome, "notice": notice is not None,
                        "elapsed_ms": round((time.monotonic() - started) * 1000, 1)})

@@ -143,6 +143,17 @@ def test_album_photos_are_each_judged(
     (stored,) = telegram_files(media_root, kind="images")
     assert stored.read_bytes() == face.read_bytes()
 
+    # A photo sent as a file (a document, here a PNG) is judged the same way and kept as it came.
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = tmp_path / "face.png"
+    with Image.open(BytesIO(face_photo())) as image:
+        image.save(png, "PNG")
+    assert reply_text(post_update(app, file_update(bot_api, png))) == "Saved your photo (1 face found)."
+    assert sorted(p.suffix for p in telegram_files(media_root, kind="images")) == [".jpg", ".png"]
+
 
 def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
     telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
@@ -272,3 +283,25 @@ def test_development_secret_is_answered_for_this_machine_only(
     update = message_update(USER_ID, text="/start")
     assert post_update(app, update, secret=DEV_TELEGRAM_WEBHOOK_SECRET, remote_addr="127.0.0.1").status_code == 200
     assert post_update(app, update, secret=DEV_TELEGRAM_WEBHOOK_SECRET, remote_addr="10.1.2.3").status_code == 403
+
+
+def test_the_largest_photo_size_within_the_cap_is_fetched(
+    make_gateway: Callable[..., Flask], audio_server: str, bot_api: LocalBotApi, media_root: Path
+) -> None:
+    from gateway.telegram.updates import parse_update
+
+    sizes = [{"file_id": f"AgAC{name}", "file_unique_id": name, "width": w, "height": w, "file_size": size}
+             for name, w, size in (("small", 90, 2_000), ("large", 1280, 300_000), ("medium", 320, 40_000))]
+    update = message_update(USER_ID, photo=sizes)
+    assert parse_update(update, max_photo_bytes=100_000).inbound.media[0].url == "telegram-file:AgACmedium"
+    assert parse_update(update, max_photo_bytes=10**6).inbound.media[0].url == "telegram-file:AgAClarge"
+    assert parse_update(update, max_photo_bytes=1_000).inbound.media[0].url == "telegram-file:AgACsmall"
+
+
+def test_an_oversized_file_is_refused_before_downloading(
+    make_gateway: Callable[..., Flask], audio_server: str, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, MAX_MEDIA_BYTES="1000", **telegram_env(bot_api))
+    text = reply_text(post_update(app, file_update(bot_api, voice_note)))
+    assert text.startswith("Your voice message is too big for me")
+    assert bot_api.calls == ["getFile"] and telegram_files(media_root) == []
