@@ -265,7 +265,7 @@ class Spool:
 
     def _path(self, message_sid: str) -> Path:
         # MessageSid was validated by parse_webhook ((SM|MM) + 32 hex digits), a Telegram message id by
-        # gateway.telegram.updates (TG, digits, M, digits): a safe file name either way.
+        # gateway.telegram.updates (TG + 32 hex digits): a safe file name either way.
         if not message_sid.isalnum():
             raise ValueError("MessageSid is not a safe file name")
         return self.directory / f"{message_sid}{SUFFIX}"

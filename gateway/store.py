@@ -3,11 +3,11 @@
 Key layout (the same later in MinIO):
     whatsapp/{sender_id}/audio/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.wav
     whatsapp/{sender_id}/images/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.{jpg|png|webp}
-    telegram/{user_id}/audio/{UTC yyyymmddTHHMMSSZ}_TG{chat}M{message}_{index}.wav      (and images/ alike)
+    telegram/{user_id}/audio/{UTC yyyymmddTHHMMSSZ}_TG{32 hex}_{index}.wav      (and images/ alike)
 The channel is the first segment. A WhatsApp sender id is the bare number; a Telegram one is
 ``telegram/{user_id}`` (gateway.sender), so ``sender_prefix`` gives the folder for either. A Telegram
-message's id in place of the MessageSid is its chat id and message id (``TG`` chat ``M`` message, ``N`` for a
-negative chat id): Telegram resends an update until it is answered, and those are what stay the same.
+message's id in place of the MessageSid is ``TG`` and an HMAC of its chat id and message id, what a resent
+update keeps (gateway.telegram.updates.message_id).
 each with its metadata beside it (a ``{key}.json`` sidecar here). The time in the key is when the webhook
 arrived, so a redelivered webhook would compute a different key: identity is (sender, kind, MessageSid,
 index) — a ``MediaRef`` — and the Store, not the key, is what makes a second delivery a no-op.
@@ -49,8 +49,8 @@ EXTENSIONS: dict[str, dict[str, str]] = {
 # Path segments that can never climb, hide or collide: no dots, no separators, bounded length.
 _SEGMENT = r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}"
 _WHATSAPP_SID = r"(?:SM|MM)[0-9a-fA-F]{32}"
-# Chat id (N for a negative one: groups) and message id; all letters and digits, so a safe spool file name too.
-_TELEGRAM_MESSAGE_ID = r"TGN?[0-9]{1,20}M[0-9]{1,20}"
+# gateway.telegram.updates.message_id: letters and digits only, so a safe spool file name too.
+_TELEGRAM_MESSAGE_ID = r"TG[0-9a-f]{32}"
 _MESSAGE_SID = rf"(?:{_WHATSAPP_SID}|{_TELEGRAM_MESSAGE_ID})"
 # A sender id: a WhatsApp number as a bare segment, or "telegram/" and a Telegram user id.
 _SENDER = rf"(?:{_SEGMENT}|telegram/[0-9]{{1,20}})"

@@ -3,8 +3,8 @@
 The update's JSON is turned into Bot API objects by pyTelegramBotAPI (``telebot.types.Update.de_json``),
 then the few fields the bot acts on are taken out into a flat form of strings, like Twilio's webhook form:
 
-    UpdateId, ChatId, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo, sticker,
-    video, text, ...), Text, FileId, FileSize, ContentType, MediaGroupId
+    MessageSid, UpdateId, ChatId, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo,
+    sticker, video, text, ...), Text, FileId, FileSize, ContentType, MediaGroupId
 
 That form is what is spooled (gateway.spool, ``channel: telegram``) and what ``inbound_from_form`` reads,
 at the webhook and again when the worker retries: one validation for both. It holds the file_id, never a
@@ -14,6 +14,8 @@ processed), and nothing of the user's profile beyond the first name the metadata
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -30,6 +32,8 @@ FILE_SCHEME = "telegram-file:"
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 # Chat and message ids fit 52 bits (the Bot API's promise for ids); message ids are positive.
 _ID_LIMIT = 2**52
+# The id stored in place of a MessageSid (see message_id): the shape of a Twilio SID, with its own prefix.
+_MESSAGE_SID = re.compile(r"TG[0-9a-f]{32}")
 
 # Kinds carrying a file the bot may keep; the rest are answered without downloading anything.
 MEDIA_KINDS = ("voice", "audio", "document", "photo")
@@ -52,17 +56,25 @@ class TelegramMessage:
     message_id: int
 
 
-def message_id(chat_id: int, message_id: int) -> str:
-    """The id stored in place of a MessageSid: TG, the chat id (N for a negative one), M, the message id.
+def message_id(chat_id: int, message_id: int, key: str) -> str:
+    """The id stored in place of a MessageSid: ``TG`` and 32 hex digits of an HMAC of the chat id and
+    message id, keyed with the webhook secret.
 
-    Telegram re-sends an update until it gets a 2xx; chat id and message id are what every copy shares.
+    Telegram re-sends an update until it gets a 2xx, and chat id + message id are what every copy shares, so
+    this is what makes a resend land on the entry and the object already there. Not the ids themselves: in a
+    private chat the chat id is the user's id, and this id is on every log line about the message (like a
+    MessageSid), where a WhatsApp number shows only its last four digits. Keyed, because a plain hash of
+    such small numbers is undone by trying them all. Rotating TELEGRAM_WEBHOOK_SECRET changes the ids: an
+    update Telegram still resends across the rotation may be stored a second time.
     """
-    return f"TG{'N' if chat_id < 0 else ''}{abs(chat_id)}M{message_id}"
+    digest = hmac.new(key.encode(), f"{chat_id}:{message_id}".encode(), hashlib.sha256).hexdigest()
+    return "TG" + digest[:32]
 
 
-def parse_update(data: object, *, max_photo_bytes: int) -> TelegramMessage | None:
+def parse_update(data: object, *, max_photo_bytes: int, id_key: str) -> TelegramMessage | None:
     """The message an update brings, or None when it brings none to answer (an ``edited_message``, a
-    channel post, a callback...). InvalidWebhook / InvalidSender when the update cannot be acted on."""
+    channel post, a callback...). InvalidWebhook / InvalidSender when the update cannot be acted on.
+    ``id_key`` keys the message's id (``message_id``): the webhook secret."""
     if not isinstance(data, dict):
         raise InvalidWebhook("the update is not a JSON object")
     if "message" not in data:
@@ -77,10 +89,13 @@ def parse_update(data: object, *, max_photo_bytes: int) -> TelegramMessage | Non
     if message.from_user is None:
         raise InvalidSender("the message has no from (a channel or anonymous admin)")
     telegram_sender_id(message.from_user.id)  # a JSON integer, not a string of digits
+    chat_id = _id(message.chat.id, "chat.id", minimum=-_ID_LIMIT)
+    message_number = _id(message.message_id, "message_id", minimum=1)
     form = {
+        "MessageSid": message_id(int(chat_id), int(message_number), id_key),
         "UpdateId": _id(update.update_id, "update_id", minimum=0),
-        "ChatId": _id(message.chat.id, "chat.id", minimum=-_ID_LIMIT),
-        "MessageId": _id(message.message_id, "message_id", minimum=1),
+        "ChatId": chat_id,
+        "MessageId": message_number,
         "UserId": str(message.from_user.id),
         "FirstName": (message.from_user.first_name or "")[:64],
         "MessageType": str(message.content_type or ""),
@@ -106,6 +121,9 @@ def inbound_from_form(form: Mapping[str, str]) -> InboundMessage:
     chat_id, message = _int(form.get("ChatId"), "ChatId"), _int(form.get("MessageId"), "MessageId")
     if not (-_ID_LIMIT < chat_id < _ID_LIMIT and 0 < message < _ID_LIMIT):
         raise InvalidWebhook("chat or message id out of range")
+    message_sid = form.get("MessageSid") or ""
+    if not _MESSAGE_SID.fullmatch(message_sid):
+        raise InvalidWebhook("MessageSid is not a Telegram message id (TG and 32 hex digits)")
     media: tuple[MediaItem, ...] = ()
     file_id = form.get("FileId") or ""
     if file_id:
@@ -113,7 +131,7 @@ def inbound_from_form(form: Mapping[str, str]) -> InboundMessage:
             raise InvalidWebhook("file_id is not a Bot API file id")
         media = (MediaItem(index=0, url=FILE_SCHEME + file_id, content_type=form.get("ContentType") or ""),)
     return InboundMessage(
-        message_sid=message_id(chat_id, message),
+        message_sid=message_sid,
         sender_id=sender,
         profile_name=form.get("FirstName") or "",
         body=form.get("Text") or "",

@@ -74,7 +74,7 @@ def telegram() -> Response:
 
     data = request.get_json(silent=True)
     try:
-        found = parse_update(data, max_photo_bytes=settings.max_media_bytes)
+        found = parse_update(data, max_photo_bytes=settings.max_media_bytes, id_key=settings.telegram_webhook_secret)
     except (InvalidWebhook, InvalidSender) as error:
         chat_id, message_id = _chat_of(data)
         text = replies.INVALID_SENDER if isinstance(error, InvalidSender) else replies.INVALID_MESSAGE

@@ -158,9 +158,13 @@ def test_a_server_that_refuses_the_rule_leaves_retention_to_the_sweep(s3_server:
 TG = "telegram/15551234"  # the same digits as the WhatsApp sender LONG
 
 
+def tg_sid(n: int) -> str:
+    return "TG" + f"{n:032x}"
+
+
 def put_tg(store: Store, n: int, kind: str = AUDIO, when: datetime = WHEN) -> str:
     content_type = "audio/wav" if kind == AUDIO else "image/jpeg"
-    stored, created = store.put(MediaRef(TG, kind, f"TG15551234M{n}", 0), b"t" * (50 + n), content_type=content_type,
+    stored, created = store.put(MediaRef(TG, kind, tg_sid(n), 0), b"t" * (50 + n), content_type=content_type,
                                 metadata={"profile_name": "Tele"}, received_at=when)
     assert created
     return stored.key
@@ -169,11 +173,11 @@ def put_tg(store: Store, n: int, kind: str = AUDIO, when: datetime = WHEN) -> st
 def test_telegram_senders_have_their_own_folder_bookkeeping_and_markers(each_store: Store) -> None:
     wa = put(each_store, LONG, 1)
     tg_audio, tg_photo = put_tg(each_store, 7), put_tg(each_store, 8, IMAGES)
-    assert tg_audio == "telegram/15551234/audio/20260304T050607Z_TG15551234M7_0.wav"
+    assert tg_audio == f"telegram/15551234/audio/20260304T050607Z_{tg_sid(7)}_0.wav"
     assert wa.startswith(f"whatsapp/{LONG}/")
-    assert parse_key(tg_audio)[0] == MediaRef(TG, AUDIO, "TG15551234M7", 0)
+    assert parse_key(tg_audio)[0] == MediaRef(TG, AUDIO, tg_sid(7), 0)
     # A replay of the same Telegram message lands on the stored object.
-    again, created = each_store.put(MediaRef(TG, AUDIO, "TG15551234M7", 0), b"other", content_type="audio/wav",
+    again, created = each_store.put(MediaRef(TG, AUDIO, tg_sid(7), 0), b"other", content_type="audio/wav",
                                     metadata={}, received_at=WHEN + timedelta(seconds=5))
     assert (again.key, created) == (tg_audio, False)
 
@@ -201,8 +205,9 @@ def test_expiry_covers_both_channels(each_store: Store) -> None:
 
 @pytest.mark.parametrize(("sender", "message_id"), [
     ("telegram/12", "MM" + "0" * 32),  # a WhatsApp SID under a Telegram sender
-    ("15551234", "TG1M1"),  # a Telegram id under a WhatsApp sender
-    ("telegram/../x", "TG1M1"), ("telegram/-5", "TGN5M1"), ("telegram/abc", "TG1M1"), ("telegram/1/2", "TG1M1"),
+    ("15551234", "TG" + "0" * 32),  # a Telegram id under a WhatsApp sender
+    ("telegram/12", "TG" + "0" * 31), ("telegram/12", "TG" + "A" * 32),
+    *((sender, "TG" + "0" * 32) for sender in ("telegram/../x", "telegram/-5", "telegram/abc", "telegram/1/2")),
 ])
 def test_refs_mixing_channels_or_escaping_are_refused(sender: str, message_id: str) -> None:
     with pytest.raises(InvalidKey):

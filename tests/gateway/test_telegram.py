@@ -21,6 +21,7 @@ from gateway.intake import Intake
 from gateway.spool import Backoff, Spool
 from gateway.telegram.notify import TelegramNotifier
 from gateway.telegram.simulate import LocalBotApi, message_update
+from gateway.telegram.updates import message_id
 from gateway.telegram.webhook import HELP
 from gateway.worker import SpoolWorker
 from tests.fixtures.gateway import SENDER_ID, closed_port_addr, spooled
@@ -51,7 +52,8 @@ def test_voice_note_is_saved_as_16_khz_wav_under_the_telegram_prefix(
     assert "/mydata" in text and "/delete" in text  # the privacy notice, in Telegram's words, on first contact
     (stored,) = telegram_files(media_root, kind="audio")
     chat, message = update["message"]["chat"]["id"], update["message"]["message_id"]
-    assert stored.name.endswith(f"_TG{chat}M{message}_0.wav")
+    assert stored.name.endswith(f"_{message_id(chat, message, TG_SECRET)}_0.wav")
+    assert str(USER_ID) not in stored.name  # the ids stay out of the key (and the logs)
     with wave.open(str(stored)) as wav:
         assert (wav.getframerate(), wav.getnchannels()) == (16000, 1)
     sidecar = json.loads(stored.with_name(stored.name + ".json").read_text())
@@ -293,9 +295,9 @@ def test_the_largest_photo_size_within_the_cap_is_fetched(
     sizes = [{"file_id": f"AgAC{name}", "file_unique_id": name, "width": w, "height": w, "file_size": size}
              for name, w, size in (("small", 90, 2_000), ("large", 1280, 300_000), ("medium", 320, 40_000))]
     update = message_update(USER_ID, photo=sizes)
-    assert parse_update(update, max_photo_bytes=100_000).inbound.media[0].url == "telegram-file:AgACmedium"
-    assert parse_update(update, max_photo_bytes=10**6).inbound.media[0].url == "telegram-file:AgAClarge"
-    assert parse_update(update, max_photo_bytes=1_000).inbound.media[0].url == "telegram-file:AgACsmall"
+    assert parse_update(update, max_photo_bytes=100_000, id_key="k").inbound.media[0].url == "telegram-file:AgACmedium"
+    assert parse_update(update, max_photo_bytes=10**6, id_key="k").inbound.media[0].url == "telegram-file:AgAClarge"
+    assert parse_update(update, max_photo_bytes=1_000, id_key="k").inbound.media[0].url == "telegram-file:AgACsmall"
 
 
 def test_an_oversized_file_is_refused_before_downloading(

@@ -45,14 +45,14 @@ updates = st.one_of(json_values, st.fixed_dictionaries({"update_id": scalars, "m
 @given(updates)
 def test_parse_update_returns_safe_ids_none_or_refuses(update: object) -> None:
     try:
-        found = parse_update(update, max_photo_bytes=16 * 1024 * 1024)
+        found = parse_update(update, max_photo_bytes=16 * 1024 * 1024, id_key="fuzz-secret")
     except (InvalidWebhook, InvalidSender):
         return
     if found is None:
         return
     message = found.inbound
     assert re.fullmatch(r"telegram/[0-9]{1,16}", message.sender_id)
-    assert re.fullmatch(r"TGN?[0-9]{1,20}M[0-9]{1,20}", message.message_sid)
+    assert re.fullmatch(r"TG[0-9a-f]{32}", message.message_sid)
     for item in message.media:
         assert re.fullmatch(re.escape(FILE_SCHEME) + r"[A-Za-z0-9_-]{1,256}", item.url)
         MediaRef(message.sender_id, "audio", message.message_sid, item.index)  # a valid key, never InvalidKey
@@ -60,7 +60,7 @@ def test_parse_update_returns_safe_ids_none_or_refuses(update: object) -> None:
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["UserId", "ChatId", "MessageId", "FileId", "ContentType", "Text"]),
+@given(st.dictionaries(st.sampled_from(["MessageSid", "UserId", "ChatId", "MessageId", "FileId", "ContentType", "Text"]),
                        st.text(max_size=30), max_size=6))
 def test_a_tampered_spool_form_is_refused_or_safe(form: dict[str, str]) -> None:
     try:
@@ -68,4 +68,4 @@ def test_a_tampered_spool_form_is_refused_or_safe(form: dict[str, str]) -> None:
     except (InvalidWebhook, InvalidSender):
         return
     assert re.fullmatch(r"telegram/[0-9]{1,16}", message.sender_id)
-    assert re.fullmatch(r"TGN?[0-9]{1,20}M[0-9]{1,20}", message.message_sid)
+    assert re.fullmatch(r"TG[0-9a-f]{32}", message.message_sid)
