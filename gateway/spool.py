@@ -7,9 +7,10 @@ only copy of "this message still needs work". Layout, in SPOOL_DIR:
                          line 1 the webhook (form fields and arrival time, never the media: Twilio keeps
                          that at its URL); then one line per event: an item's final outcome, or an
                          attempt that must be retried (with the time it is due again). A Telegram
-                         message (gateway.telegram) is the same with "channel": "telegram" on line 1 and
-                         its update's JSON as the one form field "update" (never the bot token: files
-                         are resolved with getFile when processed); no "channel" means WhatsApp
+                         message is the same with "channel": "telegram" on line 1 and as its form the
+                         fields gateway.telegram.updates takes out of the update (ids, file_id, type;
+                         never the bot token or a file URL: getFile runs when the item is processed);
+                         no "channel" means WhatsApp
     failed/              entries given up on after SPOOL_GIVE_UP_AFTER_S, kept for a person to look at
 
 Why this shape:
@@ -77,7 +78,7 @@ class Entry:
     message_sid: str
     form: dict[str, str]
     received_at: datetime
-    # Which parser reads ``form``: "whatsapp" (Twilio's form fields) or "telegram" ({"update": JSON text}).
+    # Which parser reads ``form`` (gateway.channels): "whatsapp" (Twilio's fields) or "telegram" (ours).
     channel: str = "whatsapp"
     # Final outcome per media index ("saved", "no_face", ...): not tried again.
     finals: dict[int, str] = field(default_factory=dict)

@@ -66,3 +66,14 @@ def test_simulator_plays_telegram_against_a_served_gateway(
     assert len(telegram_files(media_root, user_id=777000, kind="audio")) == 1
     assert simulate.main(["--channel", "telegram", "--from", "777000", "--url", url, "--text", "/mydata"]) == 0
     assert capsys.readouterr().out.startswith("I keep 1 voice message and 0 photos")
+
+    # The operator's view: `gateway.media list --sender telegram:ID` shows it, and only it.
+    from gateway import media
+
+    monkeypatch.setenv("MEDIA_ROOT", str(media_root))
+    monkeypatch.setenv("STORAGE", "filesystem")
+    assert media.main(["list", "--sender", "telegram:777000"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == 2 and listing[1].startswith("telegram/777000/audio/") and listing[1].split()[2] != "?"
+    assert media.main(["list", "--sender", "777000"]) == 0
+    assert "nothing stored" in capsys.readouterr().out
