@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -37,12 +39,47 @@ from gateway.webhook import _PRIVACY, _spool_and_try
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("telegram", __name__)
+_ALBUMS = "mediabot.telegram_albums"
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 # Telegram's commands for the privacy words (WhatsApp's MY DATA / DELETE / DELETE ALL work here too).
 _COMMANDS = {"/mydata": Command.MY_DATA, "/delete": Command.DELETE, "/delete_all": Command.DELETE_ALL}
 HELP = (f"{replies.HELP} Send /mydata to see what I keep of yours, or /delete to erase it.")
+
+
+class AlbumReplies:
+    """Which sentences each album (chat, media_group_id) was already answered with, for a minute.
+
+    An album of ten selfies arrives as ten updates; ten identical "Saved your photo (1 face found)." would be
+    a burst of noise. The first photo of an album to get a given sentence gets it; the others with the same
+    sentence get no message, and a different outcome (no face, too big) is still said. Per process and best
+    effort: another gunicorn worker or replica may answer the same sentence once more.
+    """
+
+    def __init__(self, ttl_s: float = 60.0, max_albums: int = 4096) -> None:
+        self._ttl_s = ttl_s
+        self._max_albums = max_albums
+        self._lock = threading.Lock()
+        self._said: OrderedDict[tuple[int, str], tuple[float, set[str]]] = OrderedDict()
+
+    def first(self, chat_id: int, album: str, text: str, now: float | None = None) -> bool:
+        """True if this album has not been told ``text`` yet (and remembers it now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._said and (len(self._said) > self._max_albums or next(iter(self._said.values()))[0] < now):
+                self._said.popitem(last=False)
+            expires, said = self._said.get((chat_id, album), (now + self._ttl_s, set()))
+            if text in said:
+                return False
+            said.add(text)
+            self._said[(chat_id, album)] = (expires, said)
+            return True
+
+
+@bp.record_once
+def _albums(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
+    state.app.extensions[_ALBUMS] = AlbumReplies()
 
 
 def telegram_wording(text: str) -> str:
@@ -114,8 +151,14 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
     metrics.record_media_received(message.media)
     budget = Budget(services.settings.webhook_budget_s)
     sentences, outcomes = _spool_and_try(message, budget, received_at, form=found.form, channel="telegram")
-    return _answer(found.chat_id, found.message_id, replies.combine(sentences), ",".join(outcomes), started,
-                   notice=notice, media_group=bool(found.form.get("MediaGroupId")), **fields)
+    text = replies.combine(sentences)
+    album = found.form.get("MediaGroupId") or ""
+    said_before = bool(album) and not current_app.extensions[_ALBUMS].first(found.chat_id, album, text)
+    if said_before and not notice:
+        # Another photo of this album was already answered with these very words.
+        return _answer(None, None, text, ",".join(outcomes), started, album_repeat=True, **fields)
+    return _answer(found.chat_id, found.message_id, text, ",".join(outcomes), started, notice=notice,
+                   album=bool(album), **fields)
 
 
 def _refusal(secret: str, development: bool) -> str | None:

@@ -137,13 +137,19 @@ def test_album_photos_are_each_judged(
     face, landscape = tmp_path / "face.jpg", tmp_path / "landscape.jpg"
     face.write_bytes(face_photo())
     landscape.write_bytes(no_face_photo())
-    texts = [reply_text(post_update(app, file_update(bot_api, path, media_group_id="13579")))
-             for path in (face, landscape)]
+    responses = [post_update(app, file_update(bot_api, path, media_group_id="13579"))
+                 for path in (face, landscape, face, landscape)]
 
-    assert texts[0].startswith("Saved your photo (1 face found).")
+    texts = [reply_text(response) for response in responses[:2]]
+    assert texts[0].startswith("Saved your photo (1 face found).")  # with the privacy notice: first contact
     assert texts[1] == replies.NO_FACE
-    (stored,) = telegram_files(media_root, kind="images")
-    assert stored.read_bytes() == face.read_bytes()
+    # The album's second face photo and second landscape: judged (and the face kept), but not answered again
+    # with the same words, so an album of ten selfies is not ten identical messages.
+    assert [(r.status_code, r.get_data()) for r in responses[2:]] == [(200, b"")] * 2
+    stored = telegram_files(media_root, kind="images")
+    assert len(stored) == 2 and all(p.read_bytes() == face.read_bytes() for p in stored)
+    another_album = post_update(app, file_update(bot_api, face, media_group_id="24680"))
+    assert reply_text(another_album) == "Saved your photo (1 face found)."
 
     # A photo sent as a file (a document, here a PNG) is judged the same way and kept as it came.
     from io import BytesIO
@@ -154,7 +160,7 @@ def test_album_photos_are_each_judged(
     with Image.open(BytesIO(face_photo())) as image:
         image.save(png, "PNG")
     assert reply_text(post_update(app, file_update(bot_api, png))) == "Saved your photo (1 face found)."
-    assert sorted(p.suffix for p in telegram_files(media_root, kind="images")) == [".jpg", ".png"]
+    assert sorted(p.suffix for p in telegram_files(media_root, kind="images")) == [".jpg"] * 3 + [".png"]
 
 
 def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
@@ -307,3 +313,15 @@ def test_an_oversized_file_is_refused_before_downloading(
     text = reply_text(post_update(app, file_update(bot_api, voice_note)))
     assert text.startswith("Your voice message is too big for me")
     assert bot_api.calls == ["getFile"] and telegram_files(media_root) == []
+
+
+def test_album_replies_forget_after_their_time_and_stay_bounded() -> None:
+    from gateway.telegram.webhook import AlbumReplies
+
+    albums = AlbumReplies(ttl_s=60, max_albums=2)
+    assert albums.first(1, "a", "saved", now=0) and not albums.first(1, "a", "saved", now=1)
+    assert albums.first(1, "a", "no face", now=2) and albums.first(2, "a", "saved", now=2)  # another chat
+    assert albums.first(1, "a", "saved", now=61)  # a minute later the album is forgotten
+    albums.first(3, "b", "x", now=62)
+    albums.first(4, "c", "x", now=62)
+    assert len(albums._said) <= 3  # noqa: SLF001 - bounded: the oldest albums go first
