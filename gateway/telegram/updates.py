@@ -3,7 +3,7 @@
 The update's JSON is turned into Bot API objects by pyTelegramBotAPI (``telebot.types.Update.de_json``),
 then the few fields the bot acts on are taken out into a flat form of strings, like Twilio's webhook form:
 
-    MessageSid, UpdateId, ChatId, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo,
+    MessageSid, UpdateId, ChatId, ChatType, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo,
     sticker, video, text, ...), Text, FileId, FileSize, ContentType, MediaGroupId
 
 That form is what is spooled (gateway.spool, ``channel: telegram``) and what ``inbound_from_form`` reads,
@@ -95,6 +95,7 @@ def parse_update(data: object, *, max_photo_bytes: int, id_key: str) -> Telegram
         "MessageSid": message_id(int(chat_id), int(message_number), id_key),
         "UpdateId": _id(update.update_id, "update_id", minimum=0),
         "ChatId": chat_id,
+        "ChatType": str(message.chat.type or "")[:16],
         "MessageId": message_number,
         "UserId": str(message.from_user.id),
         "FirstName": (message.from_user.first_name or "")[:64],

@@ -46,6 +46,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 # Telegram's commands for the privacy words (WhatsApp's MY DATA / DELETE / DELETE ALL work here too).
 _COMMANDS = {"/mydata": Command.MY_DATA, "/delete": Command.DELETE, "/delete_all": Command.DELETE_ALL}
 HELP = (f"{replies.HELP} Send /mydata to see what I keep of yours, or /delete to erase it.")
+PRIVATE_ONLY = "To see or erase what I keep of yours, send me /mydata or /delete in a private chat."
 
 
 class AlbumReplies:
@@ -131,6 +132,9 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
     if command in ("/start", "/help"):
         return _answer(found.chat_id, found.message_id, HELP, "help", started, **fields)
     privacy_command = _COMMANDS.get(command or "") or (parse_command(message.body) if not message.media else None)
+    if privacy_command is not None and found.form.get("ChatType") != "private":
+        # In a group, the answer (how much of yours I keep; erase it?) would be read by everyone there.
+        return _answer(found.chat_id, found.message_id, PRIVATE_ONLY, "privacy_elsewhere", started, **fields)
     if privacy_command is not None:
         try:
             text = privacy.answer(privacy_command, message.sender_id)

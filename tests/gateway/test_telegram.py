@@ -325,3 +325,12 @@ def test_album_replies_forget_after_their_time_and_stay_bounded() -> None:
     albums.first(3, "b", "x", now=62)
     albums.first(4, "c", "x", now=62)
     assert len(albums._said) <= 3  # noqa: SLF001 - bounded: the oldest albums go first
+
+
+def test_privacy_commands_in_a_group_are_sent_to_a_private_chat(telegram_gateway: Flask, media_root: Path) -> None:
+    from gateway.telegram.webhook import PRIVATE_ONLY
+
+    for text in ("/mydata", "/delete", "/delete_all@mediabot_local_bot", "MY DATA"):
+        update = message_update(USER_ID, chat_id=-1001234567890, text=text)
+        assert reply_text(post_update(telegram_gateway, update)) == PRIVATE_ONLY
+    assert not (media_root / ".mediabot" / "markers" / "erase_requested").exists()
