@@ -334,3 +334,17 @@ def test_privacy_commands_in_a_group_are_sent_to_a_private_chat(telegram_gateway
         update = message_update(USER_ID, chat_id=-1001234567890, text=text)
         assert reply_text(post_update(telegram_gateway, update)) == PRIVATE_ONLY
     assert not (media_root / ".mediabot" / "markers" / "erase_requested").exists()
+
+
+def test_erasing_removes_the_senders_spooled_telegram_messages_and_nobody_elses(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_root: Path, voice_note: Path
+) -> None:
+    bot_api.fail_with = 502
+    for user in (USER_ID, USER_ID + 1):
+        assert reply_text(post_update(telegram_gateway, file_update(bot_api, voice_note, user_id=user))).startswith(
+            replies.RECEIVED_VOICE)
+    assert len(spooled(media_root)) == 2
+    reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/delete")))
+    assert reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/delete_all"))).startswith("Done:")
+    (left,) = spooled(media_root)
+    assert str(USER_ID + 1) in (media_root.parent / "spool" / f"{left}.spool").read_text()
