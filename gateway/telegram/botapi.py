@@ -99,8 +99,7 @@ class BotApi:
         self._read_timeout_s = read_timeout_s
         self._allow_private = allow_private
         self._session = requests.Session()
-        self._session.trust_env = False
-        self._session.max_redirects = 0
+        self._session.trust_env = False  # no proxy or ~/.netrc from the environment; redirects: never followed
         mask_token_in_library_logs(token)
 
     def __repr__(self) -> str:
@@ -194,7 +193,7 @@ class BotApi:
             with self._session.get(url, stream=True, timeout=timeout, allow_redirects=False,
                                    headers={"Accept-Encoding": "identity"}) as response:
                 status = response.status_code
-                if status != 200:
+                if status != 200:  # a redirect too: another host is not the configured Bot API
                     failure = (Failure.NOT_FOUND if status == 404 else Failure.REFUSED if status in (401, 403)
                                else Failure.SERVER_ERROR if status >= 500 else Failure.HTTP_ERROR)
                     raise DownloadError(failure, f"file: HTTP {status}")

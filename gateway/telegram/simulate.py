@@ -72,6 +72,8 @@ class LocalBotApi:
     fail_with: int | None = None
     # Overrides getFile's file_path per file_id (hostile answers: "../x", "/var/x", "http://...").
     file_paths: dict[str, str] = field(default_factory=dict)
+    # Answers a file's download with a redirect to this URL instead of the bytes (per file_id).
+    redirects: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     base_url: str = ""
 
@@ -90,8 +92,10 @@ class LocalBotApi:
             return self.fail_with, {"ok": False, "error_code": self.fail_with, "description": "simulated failure"}
         if path.startswith(f"/file/bot{self.token}/"):
             wanted = path[len(f"/file/bot{self.token}/"):]
-            for served in self.files.values():
+            for file_id, served in self.files.items():
                 if served.file_path == wanted:
+                    if file_id in self.redirects:
+                        return 302, {"location": self.redirects[file_id]}
                     return 200, served.data
             return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
         if not path.startswith(f"/bot{self.token}/"):
@@ -154,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, answer = self.server.api.handle(path.rsplit("/", 1)[-1], path, params)
         body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
+        if 300 <= status < 400:
+            self.send_header("Location", answer["location"])
         self.send_header("Content-Type", "application/octet-stream" if isinstance(answer, bytes) else "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

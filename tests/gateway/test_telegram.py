@@ -24,7 +24,7 @@ from gateway.telegram.simulate import LocalBotApi, message_update
 from gateway.telegram.updates import message_id
 from gateway.telegram.webhook import HELP
 from gateway.worker import SpoolWorker
-from tests.fixtures.gateway import SENDER_ID, closed_port_addr, spooled
+from tests.fixtures.gateway import SENDER_ID, MediaServer, closed_port_addr, spooled
 from tests.fixtures.telegram import (
     TG_SECRET,
     TG_SENDER,
@@ -348,3 +348,18 @@ def test_erasing_removes_the_senders_spooled_telegram_messages_and_nobody_elses(
     assert reply_text(post_update(telegram_gateway, message_update(USER_ID, text="/delete_all"))).startswith("Done:")
     (left,) = spooled(media_root)
     assert str(USER_ID + 1) in (media_root.parent / "spool" / f"{left}.spool").read_text()
+
+
+def test_a_file_download_redirected_elsewhere_is_not_followed(
+    telegram_gateway: Flask, bot_api: LocalBotApi, media_server: MediaServer, media_root: Path, voice_note: Path
+) -> None:
+    """Only TELEGRAM_API_BASE_URL's host is fetched: a redirect (to another host, which would see the request
+    the token's URL led to) is a failure, not a hop."""
+    elsewhere = media_server.add("/elsewhere.oga", body=voice_note.read_bytes(), content_type="audio/ogg",
+                                 require_auth=False)
+    update = file_update(bot_api, voice_note)
+    bot_api.redirects[update["message"]["voice"]["file_id"]] = elsewhere
+    text = reply_text(post_update(telegram_gateway, update))
+    assert text.startswith("Sorry, I couldn't download your voice message.")
+    assert bot_api.calls == ["getFile", "file"] and media_server.requests_for("/elsewhere.oga") == []
+    assert telegram_files(media_root) == [] and spooled(media_root) == []
