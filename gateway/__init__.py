@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway.config import WEBHOOK_PATH, ConfigError, Settings
+from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH, ConfigError, Settings
 from mediabot.logs import configure_logging
 
 __all__ = ["GatewayStartupError", "create_app"]
@@ -75,6 +75,12 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     except TlsConfigError as error:
         raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
     app.register_blueprint(webhook.bp)
+    if settings.telegram_enabled:
+        # Only then: without TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET (and outside development mode)
+        # /telegram does not exist (404), rather than existing and refusing everything.
+        from gateway.telegram import webhook as telegram_webhook
+
+        app.register_blueprint(telegram_webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     # What a person starting `make run` wants to know first: where to point Twilio, and where media goes.
@@ -83,7 +89,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         else f"bucket {settings.minio_bucket} at {settings.minio_endpoint}"
     )
     logger.info(
-        "gateway ready: Twilio webhook %s%s, media stored in %s",
-        settings.public_base_url.rstrip("/"), WEBHOOK_PATH, where,
+        "gateway ready: Twilio webhook %s%s, %s, media stored in %s",
+        settings.public_base_url.rstrip("/"), WEBHOOK_PATH,
+        f"Telegram webhook {settings.public_base_url.rstrip('/')}{TELEGRAM_WEBHOOK_PATH}" if settings.telegram_enabled
+        else "Telegram off (TELEGRAM_BOT_TOKEN unset)", where,
     )
     return app

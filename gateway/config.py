@@ -28,11 +28,27 @@ DEV_AUTH_TOKEN = "mediabot-local-development-auth-token"
 # secret still holding it stops the process, so a template applied unedited cannot run on guessable values.
 PLACEHOLDER_PREFIX = "REPLACE_ME"
 # Secrets checked for a leftover placeholder (MinIO's only when STORAGE=minio, where they are read).
-_SECRETS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WEBHOOK_SHARED_KEY")
+_SECRETS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WEBHOOK_SHARED_KEY", "TELEGRAM_BOT_TOKEN",
+            "TELEGRAM_WEBHOOK_SECRET")
 _MINIO_SECRETS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 
 DEFAULT_GATEWAY_PORT = 8080
 WEBHOOK_PATH = "/whatsapp"
+TELEGRAM_WEBHOOK_PATH = "/telegram"
+
+# Telegram (gateway.telegram). Used when TELEGRAM_BOT_TOKEN / TELEGRAM_WEBHOOK_SECRET are unset and the gateway
+# is reachable from this machine only (loopback PUBLIC_BASE_URL, TRUST_PROXY=0), so `make run` and
+# `python -m gateway.simulate --channel telegram` work together; public like DEV_AUTH_TOKEN, so refused
+# anywhere else. The Bot API is then the simulator's, on loopback port 8081 (the self-hosted telegram-bot-api
+# server's default port).
+DEV_TELEGRAM_BOT_TOKEN = "1000000001:mediabot-local-development-telegram-token"
+DEV_TELEGRAM_WEBHOOK_SECRET = "mediabot-local-development-telegram-secret"
+DEV_TELEGRAM_API_BASE_URL = "http://127.0.0.1:8081"
+DEFAULT_TELEGRAM_API_BASE_URL = "https://api.telegram.org"
+# BotFather's tokens: the bot's numeric id, a colon, then letters, digits, _ and -.
+_TELEGRAM_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,100}")
+# setWebhook's secret_token: "1-256 characters. Only characters A-Z, a-z, 0-9, _ and - are allowed."
+_TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 # Where Twilio's MediaUrl{N} points (api.twilio.com, which wants basic auth) and where it redirects the
 # download: mms.twiliocdn.com for accounts that enforce HTTP auth on media, s3-external-1.amazonaws.com
@@ -146,6 +162,16 @@ class Settings:
     # the spool. The process holds about 3x this at its peak: 96 MiB keeps a worker near 400 MB.
     media_memory_mb: int = 96
     media_memory_wait_s: float = 5.0
+    # Telegram (gateway.telegram): on when both are set, or in development mode; empty strings: /telegram is 404.
+    telegram_bot_token: str = field(default="", repr=False)
+    telegram_webhook_secret: str = field(default="", repr=False)
+    telegram_api_base_url: str = DEFAULT_TELEGRAM_API_BASE_URL
+    # True with the public development token and secret: loopback only, like dev_credentials.
+    telegram_dev_credentials: bool = False
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram_bot_token and self.telegram_webhook_secret)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -241,6 +267,7 @@ class Settings:
             privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
             media_memory_mb=_int(get("MEDIA_MEMORY_MB"), "MEDIA_MEMORY_MB", 96, minimum=1),
             media_memory_wait_s=_float(get("MEDIA_MEMORY_WAIT_S"), "MEDIA_MEMORY_WAIT_S", 5.0),
+            **_telegram(get, public_base_url, trust_proxy),
         )
         if settings.grpc_max_attempts > 5:
             # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.
@@ -262,6 +289,15 @@ class Settings:
                 ", ".join(LOOPBACK_HOSTS),
                 extra={"dev_credentials": True, "public_base_url": self.public_base_url},
             )
+        if self.telegram_dev_credentials:
+            logger.warning(
+                "RUNNING WITH DEVELOPMENT TELEGRAM CREDENTIALS: TELEGRAM_BOT_TOKEN/TELEGRAM_WEBHOOK_SECRET are unset, "
+                "so %s takes updates carrying a public development secret, from clients on this machine only, "
+                "and fetches files from the simulator's Bot API at %s. Fine for `make run` with `python -m "
+                "gateway.simulate --channel telegram`; set both variables for a real bot.",
+                TELEGRAM_WEBHOOK_PATH, self.telegram_api_base_url,
+                extra={"telegram_dev_credentials": True, "public_base_url": self.public_base_url},
+            )
 
 
 def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
@@ -274,6 +310,48 @@ def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
             f"PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set TWILIO_ACCOUNT_SID and "
             "TWILIO_AUTH_TOKEN to your Twilio account's values"
         )
+
+
+def _telegram(get: Callable[[str], str | None], public_base_url: str, trust_proxy: bool) -> dict[str, object]:
+    """The TELEGRAM_* settings: both set (a real bot), neither (development mode where only this machine can
+    reach the gateway, else the channel is off), and the Bot API URL the token may be sent to."""
+    token, secret = get("TELEGRAM_BOT_TOKEN"), get("TELEGRAM_WEBHOOK_SECRET")
+    if (token is None) != (secret is None):
+        raise ConfigError("set both TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET, or neither")
+    local_only = is_loopback_host(urlsplit(public_base_url).hostname or "") and not trust_proxy
+    if token is None or secret is None:
+        if not local_only:
+            return {}  # no Telegram bot configured: /telegram answers 404
+        token, secret = DEV_TELEGRAM_BOT_TOKEN, DEV_TELEGRAM_WEBHOOK_SECRET
+    development = token == DEV_TELEGRAM_BOT_TOKEN or secret == DEV_TELEGRAM_WEBHOOK_SECRET
+    if development and not local_only:
+        raise ConfigError(
+            "the development Telegram token or secret is only allowed with a loopback PUBLIC_BASE_URL and "
+            f"TRUST_PROXY=0, got PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set "
+            "TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET to your bot's values"
+        )
+    if not _TELEGRAM_TOKEN.fullmatch(token):
+        raise ConfigError("TELEGRAM_BOT_TOKEN must look like 123456789:AA... (the token BotFather gave you)")
+    if not _TELEGRAM_SECRET.fullmatch(secret):
+        raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+    base = get("TELEGRAM_API_BASE_URL") or (DEV_TELEGRAM_API_BASE_URL if development else DEFAULT_TELEGRAM_API_BASE_URL)
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    if (parts.scheme not in ("http", "https") or not host or parts.path not in ("", "/") or parts.query
+            or parts.fragment or parts.username or parts.password):
+        raise ConfigError(f"TELEGRAM_API_BASE_URL must be scheme://host[:port] like {DEFAULT_TELEGRAM_API_BASE_URL}, "
+                          f"got {base!r}")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError("TELEGRAM_API_BASE_URL must be https unless it is on this machine: the bot token is in its URLs")
+    if development and not is_loopback_host(host):
+        raise ConfigError("the development Telegram token only goes to a Bot API on this machine (the simulator's): "
+                          f"TELEGRAM_API_BASE_URL is {base!r}")
+    return {
+        "telegram_bot_token": token,
+        "telegram_webhook_secret": secret,
+        "telegram_api_base_url": f"{parts.scheme}://{parts.netloc}",
+        "telegram_dev_credentials": development,
+    }
 
 
 # What Settings holds for MinIO when STORAGE=filesystem: nothing is read, nothing is checked.

@@ -240,7 +240,7 @@ class MediaDownloader:
                 declared = self._check_status(response)
                 if on_length is not None:
                     on_length(self._max_bytes if declared is None else declared)
-                body = self._read_capped(response, budget)
+                body = read_capped(response, budget, max_bytes=self._max_bytes, read_timeout_s=self._read_timeout_s)
                 content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
                 return Downloaded(data=body, content_type=content_type, attempts=attempt)
         except requests.Timeout as error:
@@ -270,32 +270,38 @@ class MediaDownloader:
             raise DownloadError(Failure.SERVER_ERROR, f"{status} from the media host")
         raise DownloadError(Failure.HTTP_ERROR, f"unexpected status {status}")
 
-    def _read_capped(self, response: requests.Response, budget: Budget) -> bytes:
-        body = bytearray()
-        raw = response.raw
-        try:
-            while True:
-                if budget.expired():
-                    raise DownloadError(Failure.TIMEOUT, "the download did not finish within the webhook budget")
-                # The read timeout given to requests is fixed when the request starts; narrow it on the socket as
-                # the budget runs down, so one last stalled read cannot carry the webhook past its budget.
-                sock = getattr(raw.connection, "sock", None)
-                if sock is not None:
-                    sock.settimeout(max(0.01, budget.cap(self._read_timeout_s)))
-                # read1 returns what has arrived (up to the chunk size) instead of waiting for a full chunk,
-                # so a server trickling bytes is noticed at the budget, not after a whole chunk.
-                chunk = raw.read1(_CHUNK_BYTES)
-                if not chunk:
-                    data = bytes(body)  # protobuf takes bytes only: the one copy, and the buffer goes at once
-                    del body[:]
-                    return data
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise DownloadError(Failure.TOO_LARGE, f"body passed {self._max_bytes} bytes")
-        except urllib3.exceptions.ReadTimeoutError:
-            raise DownloadError(Failure.TIMEOUT, "the download stalled") from None
-        except urllib3.exceptions.HTTPError as error:
-            raise DownloadError(Failure.CONNECTION, f"the download broke off ({type(error).__name__})") from None
+
+
+def read_capped(response: requests.Response, budget: Budget, *, max_bytes: int, read_timeout_s: float) -> bytes:
+    """A streamed response's body, at most ``max_bytes``, within ``budget``; DownloadError otherwise.
+
+    Shared by every media host (Twilio's, the Telegram Bot API's): the one place where a body is read.
+    """
+    body = bytearray()
+    raw = response.raw
+    try:
+        while True:
+            if budget.expired():
+                raise DownloadError(Failure.TIMEOUT, "the download did not finish within the webhook budget")
+            # The read timeout given to requests is fixed when the request starts; narrow it on the socket as
+            # the budget runs down, so one last stalled read cannot carry the webhook past its budget.
+            sock = getattr(raw.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(max(0.01, budget.cap(read_timeout_s)))
+            # read1 returns what has arrived (up to the chunk size) instead of waiting for a full chunk,
+            # so a server trickling bytes is noticed at the budget, not after a whole chunk.
+            chunk = raw.read1(_CHUNK_BYTES)
+            if not chunk:
+                data = bytes(body)  # protobuf takes bytes only: the one copy, and the buffer goes at once
+                del body[:]
+                return data
+            body += chunk
+            if len(body) > max_bytes:
+                raise DownloadError(Failure.TOO_LARGE, f"body passed {max_bytes} bytes")
+    except urllib3.exceptions.ReadTimeoutError:
+        raise DownloadError(Failure.TIMEOUT, "the download stalled") from None
+    except urllib3.exceptions.HTTPError as error:
+        raise DownloadError(Failure.CONNECTION, f"the download broke off ({type(error).__name__})") from None
 
 
 def _is_read_timeout(error: requests.ConnectionError) -> bool:

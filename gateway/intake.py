@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from gateway import metrics, replies
 from gateway.budget import Budget
-from gateway.inbound import InvalidWebhook, parse_webhook
+from gateway.channels import parse_spooled
+from gateway.inbound import InvalidWebhook
 from gateway.processing import ItemResult, MediaProcessor
 from gateway.sender import InvalidSender
 from gateway.spool import Backoff, Lease
@@ -53,7 +54,7 @@ class Intake:
         entry = lease.entry
         try:
             try:
-                message = parse_webhook(entry.form)
+                message = parse_spooled(entry)
             except (InvalidWebhook, InvalidSender) as error:
                 # It parsed when it was spooled: only a changed parser can get here. Nothing to retry.
                 logger.error("spooled webhook no longer parses; dropped",

@@ -5,6 +5,8 @@
     python -m gateway.media export --sender 15551234567 --out FILE.zip
     python -m gateway.media delete --sender 15551234567 [--yes]
 
+``--sender`` takes a WhatsApp number or ``telegram:USER_ID`` for a Telegram user.
+
 ``list`` prints one line per object, newest first: key, size in bytes, duration (audio) or face count
 (photos), and when the webhook arrived. Without --sender it covers every sender. ``get`` downloads one
 object (default: its file name, in the current directory; ``-o -`` writes to stdout).
@@ -31,7 +33,7 @@ from pathlib import Path
 from gateway.config import ConfigError, Settings
 from gateway.privacy import Privacy
 from gateway.replies import format_duration
-from gateway.sender import InvalidSender, mask_phone, sender_id
+from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
 from gateway.spool import Spool
 from gateway.store import (
     AUDIO,
@@ -104,30 +106,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="what is stored, newest first")
-    listing.add_argument("--sender", help="one sender: WhatsApp id or number, e.g. 15551234567 or +15551234567")
+    listing.add_argument("--sender", help="one sender: WhatsApp id or number (15551234567, +15551234567) or "
+                                          "telegram:USER_ID")
     listing.add_argument("--kind", choices=sorted(EXTENSIONS), help=f"only {AUDIO} or only {IMAGES}")
     getting = commands.add_parser("get", help="download one object")
     getting.add_argument("key", help="the key as `list` prints it")
     getting.add_argument("-o", "--output", help="file to write (default: the key's file name here; - for stdout)")
     exporting = commands.add_parser("export", help="everything kept of one person, with metadata, as a zip")
-    exporting.add_argument("--sender", required=True, help="WhatsApp id or number")
+    exporting.add_argument("--sender", required=True, help="WhatsApp id or number, or telegram:USER_ID")
     exporting.add_argument("--out", required=True, help="the zip file to write")
     deleting = commands.add_parser("delete", help="erase everything kept of one person (an erasure request)")
-    deleting.add_argument("--sender", required=True, help="WhatsApp id or number")
+    deleting.add_argument("--sender", required=True, help="WhatsApp id or number, or telegram:USER_ID")
     deleting.add_argument("--yes", action="store_true", help="really erase (without it: only say what)")
     args = parser.parse_args(argv)
 
     sender = None
     if args.command in ("list", "export", "delete") and args.sender is not None:
         try:
-            sender = sender_id({"From": args.sender})
+            sender = parse_sender_argument(args.sender)
         except InvalidSender as error:
             parser.error(f"--sender: {error}")
     if args.command == "get":
         try:
             parse_key(args.key)
         except InvalidKey:
-            parser.error(f"{args.key!r} is not a media key (whatsapp/<sender>/<audio|images>/<file>)")
+            parser.error(f"{args.key!r} is not a media key ((whatsapp|telegram)/<sender>/<audio|images>/<file>)")
 
     try:
         settings = Settings.from_env()

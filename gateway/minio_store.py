@@ -6,6 +6,8 @@ holds their voice notes and photos and nothing else:
 
     whatsapp/{sender}/{kind}/{stamp}_{MessageSid}_{index}.{ext}       the media; Content-Type; metadata as x-amz-meta-*
     .mediabot/claims/whatsapp/{sender}/{kind}/{MessageSid}_{index}    the claim: the key this ref is stored under
+    .mediabot/markers/{name}/whatsapp/{sender}                         a per-sender privacy marker (gateway.store)
+and the same with ``telegram/{user_id}`` in place of ``whatsapp/{sender}`` for Telegram senders (gateway.sender).
     .mediabot/metadata/{media key}.json                               only for metadata over S3's 2 KB (gateway.s3_metadata)
 
 Buckets written before this layout also hold ``whatsapp/{sender}/{kind}/.{MessageSid}_{index}.ref`` claims and
@@ -63,6 +65,7 @@ from gateway.store import (
     StoredObject,
     StoreStartupError,
     StoreUnavailable,
+    CHANNEL_FOLDERS,
     check_marker,
     is_media_key,
     is_sender_id,
@@ -71,6 +74,8 @@ from gateway.store import (
     newest_first,
     parse_key,
     parse_marker,
+    sender_of_folder,
+    sender_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -265,7 +270,7 @@ class MinioStore:
             for one_kind in kinds:
                 if one_kind not in EXTENSIONS:
                     raise InvalidKey(f"unknown kind {one_kind!r}")
-                for item in self._client.list_objects(self._bucket, prefix=f"whatsapp/{sender_id}/{one_kind}/"):
+                for item in self._client.list_objects(self._bucket, prefix=f"{sender_prefix(sender_id)}/{one_kind}/"):
                     # One HEAD per object for its metadata: S3 listings carry none (MinIO's extension aside).
                     if item.object_name and is_media_key(item.object_name):
                         stored = self._load(item.object_name)
@@ -274,14 +279,15 @@ class MinioStore:
         return newest_first(found)
 
     def senders(self) -> list[str]:
+        found = []
         with self._errors("list"):
-            prefixes = [
-                item.object_name
-                for item in self._client.list_objects(self._bucket, prefix="whatsapp/")
-                if item.is_dir and item.object_name
-            ]
-        names = (prefix.removeprefix("whatsapp/").rstrip("/") for prefix in prefixes)
-        return sorted(name for name in names if is_sender_id(name))
+            for channel in CHANNEL_FOLDERS:
+                for item in self._client.list_objects(self._bucket, prefix=f"{channel}/"):
+                    if item.is_dir and item.object_name:
+                        name = item.object_name.removeprefix(f"{channel}/").rstrip("/")
+                        if (sender := sender_of_folder(channel, name)) is not None:
+                            found.append(sender)
+        return sorted(found)
 
     def holds_any(self, sender_id: str) -> bool:
         if not is_sender_id(sender_id):
@@ -289,7 +295,7 @@ class MinioStore:
         with self._errors("list"):
             return any(
                 is_media_key(item.object_name or "")
-                for item in self._client.list_objects(self._bucket, prefix=f"whatsapp/{sender_id}/", recursive=True)
+                for item in self._client.list_objects(self._bucket, prefix=f"{sender_prefix(sender_id)}/", recursive=True)
             )
 
     def delete(self, key: str) -> bool:
@@ -307,10 +313,11 @@ class MinioStore:
         if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
         # The trailing slash keeps 1555123's erase away from 15551234's objects.
+        folder = sender_prefix(sender_id)
         prefixes = [
-            f"whatsapp/{sender_id}/",  # media, and the .ref/.json objects older buckets keep beside it
-            f"{BOOKKEEPING_PREFIX}claims/whatsapp/{sender_id}/",
-            f"{BOOKKEEPING_PREFIX}metadata/whatsapp/{sender_id}/",
+            f"{folder}/",  # media, and the .ref/.json objects older buckets keep beside it
+            f"{BOOKKEEPING_PREFIX}claims/{folder}/",
+            f"{BOOKKEEPING_PREFIX}metadata/{folder}/",
         ]
         with self._errors("erase"):
             names = [
@@ -327,7 +334,8 @@ class MinioStore:
         with self._errors("list"):
             keys = [
                 item.object_name
-                for item in self._client.list_objects(self._bucket, prefix="whatsapp/", recursive=True)
+                for channel in CHANNEL_FOLDERS
+                for item in self._client.list_objects(self._bucket, prefix=f"{channel}/", recursive=True)
                 if item.object_name and is_media_key(item.object_name)
             ]
         for key in keys:
@@ -361,13 +369,13 @@ class MinioStore:
             self._client.remove_object(self._bucket, marker_object(name, sender_id))
 
     def markers(self, name: str) -> dict[str, datetime]:
-        prefix = marker_object(name, "0").rsplit("/", 1)[0] + "/"
+        prefix = marker_object(name, "0").rsplit("/", 2)[0] + "/"
+        senders = []
         with self._errors("list"):
-            senders = [
-                item.object_name.rsplit("/", 1)[1]
-                for item in self._client.list_objects(self._bucket, prefix=prefix)
-                if item.object_name and is_sender_id(item.object_name.rsplit("/", 1)[1])
-            ]
+            for channel in CHANNEL_FOLDERS:
+                for item in self._client.list_objects(self._bucket, prefix=f"{prefix}{channel}/"):
+                    if item.object_name and (sender := sender_of_folder(channel, item.object_name.rsplit("/", 1)[1])):
+                        senders.append(sender)
         found = {}
         for sender in senders:
             if (at := self.marker(name, sender)) is not None:
@@ -585,13 +593,13 @@ RETENTION_RULE_ID = "mediabot-retention"
 
 def claim_name(ref: MediaRef) -> str:
     """The claim object of ``ref``, under the sender's path in the bookkeeping prefix (not beside the media)."""
-    return f"{BOOKKEEPING_PREFIX}claims/whatsapp/{ref.sender_id}/{ref.kind}/{ref.message_sid}_{ref.index}"
+    return f"{BOOKKEEPING_PREFIX}claims/{sender_prefix(ref.sender_id)}/{ref.kind}/{ref.message_sid}_{ref.index}"
 
 
 def marker_object(name: str, sender_id: str) -> str:
     """A per-sender marker (gateway.store.MARKERS), in the bookkeeping prefix like the claims."""
     check_marker(name, sender_id)
-    return f"{BOOKKEEPING_PREFIX}markers/{name}/whatsapp/{sender_id}"
+    return f"{BOOKKEEPING_PREFIX}markers/{name}/{sender_prefix(sender_id)}"
 
 
 def overflow_object(key: str) -> str:

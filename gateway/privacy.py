@@ -27,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from gateway.sender import InvalidSender, mask_phone, sender_id
+from gateway.channels import parse_spooled
+from gateway.inbound import InvalidWebhook
+from gateway.sender import InvalidSender, mask_phone
 from gateway.spool import Entry, Spool
 from gateway.store import AUDIO, Store, StoredObject, parse_key
 
@@ -228,8 +230,8 @@ class Privacy:
 
 def _sender_of(entry: Entry) -> str | None:
     try:
-        return sender_id(entry.form)
-    except InvalidSender:
+        return parse_spooled(entry).sender_id
+    except (InvalidSender, InvalidWebhook):
         return None
 
 

@@ -18,6 +18,7 @@ from gateway.media_memory import MIB, MediaMemory
 from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
 from gateway.store import Store, open_store
+from gateway.telegram.botapi import BotApi, MediaFetcher
 from mediabot.grpc_tls import channel_credentials
 from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
@@ -88,6 +89,8 @@ class Services:
     audio_channel: grpc.Channel
     vision_channel: grpc.Channel
     processor: MediaProcessor
+    # The Bot API client when Telegram is on (TELEGRAM_BOT_TOKEN, or development mode), else None.
+    telegram: BotApi | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -102,6 +105,7 @@ class Services:
             retry_delays_s=settings.media_404_retry_delays_s,
             allow_private=settings.media_allow_private_addresses,
         )
+        telegram = make_bot_api(settings)
         max_request = settings.max_media_bytes + _REQUEST_OVERHEAD_BYTES
         audio_channel = make_channel(
             settings, settings.audio_service_addr, _AUDIO_SERVICE, max_request, _MAX_AUDIO_RESPONSE_BYTES
@@ -111,7 +115,7 @@ class Services:
             settings, settings.vision_service_addr, _VISION_SERVICE, max_request, 4 * 1024 * 1024
         )
         processor = MediaProcessor(
-            downloader=downloader,
+            downloader=MediaFetcher(downloader, telegram),  # type: ignore[arg-type]  # the same fetch()
             store=store,
             audio=AudioClient(audio_channel),
             vision=vision_pb2_grpc.VisionServiceStub(vision_channel),
@@ -128,13 +132,30 @@ class Services:
             audio_channel=audio_channel,
             vision_channel=vision_channel,
             processor=processor,
+            telegram=telegram,
         )
 
     def close(self) -> None:
         self.downloader.close()
+        if self.telegram is not None:
+            self.telegram.close()
         self.audio_channel.close()
         self.vision_channel.close()
         self.store.close()
+
+
+def make_bot_api(settings: Settings) -> BotApi | None:
+    """The Bot API client for TELEGRAM_API_BASE_URL, or None when the Telegram channel is off."""
+    if not settings.telegram_enabled:
+        return None
+    return BotApi(
+        token=settings.telegram_bot_token,
+        base_url=settings.telegram_api_base_url,
+        max_bytes=settings.max_media_bytes,
+        connect_timeout_s=settings.download_connect_timeout_s,
+        read_timeout_s=settings.download_read_timeout_s,
+        allow_private=settings.media_allow_private_addresses,
+    )
 
 
 def make_store(settings: Settings) -> Store:

@@ -1,6 +1,7 @@
 """Play Twilio without a phone: serve files as WhatsApp media and post a signed webhook to the gateway.
 
     python -m gateway.simulate --from +15551234567 voice.ogg [photo.jpg ...]
+    python -m gateway.simulate --channel telegram [--from USER_ID] voice.ogg photo.jpg   (gateway.telegram.simulate)
 
 It does what Twilio does for an incoming WhatsApp message: the media sit behind HTTP basic auth (the
 account SID and auth token) on a local server, the webhook form has the same fields Twilio sends, and
@@ -281,11 +282,20 @@ def send(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    channel = argparse.ArgumentParser(add_help=False)
+    channel.add_argument("--channel", choices=("whatsapp", "telegram"), default="whatsapp")
+    chosen, rest = channel.parse_known_args(argv)
+    if chosen.channel == "telegram":
+        from gateway.telegram.simulate import main as telegram_main
+
+        return telegram_main(rest)
     parser = argparse.ArgumentParser(
         prog="python -m gateway.simulate",
         description="Send files to the gateway as a WhatsApp message, the way Twilio would, and print the reply.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="media to attach (none: a text message)")
+    parser.add_argument("--channel", choices=("whatsapp", "telegram"), default="whatsapp",
+                        help="telegram: play Telegram instead (see --channel telegram --help)")
     parser.add_argument("--from", dest="from_number", default=DEFAULT_FROM,
                         help=f"sender number (default {DEFAULT_FROM})")
     parser.add_argument("--url", default=None, help=f"webhook URL to post to (default {default_url()})")

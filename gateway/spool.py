@@ -6,7 +6,11 @@ only copy of "this message still needs work". Layout, in SPOOL_DIR:
     {MessageSid}.spool   one entry per message, JSON lines, append-only:
                          line 1 the webhook (form fields and arrival time, never the media: Twilio keeps
                          that at its URL); then one line per event: an item's final outcome, or an
-                         attempt that must be retried (with the time it is due again)
+                         attempt that must be retried (with the time it is due again). A Telegram
+                         message is the same with "channel": "telegram" on line 1 and as its form the
+                         fields gateway.telegram.updates takes out of the update (ids, file_id, type;
+                         never the bot token or a file URL: getFile runs when the item is processed);
+                         no "channel" means WhatsApp
     failed/              entries given up on after SPOOL_GIVE_UP_AFTER_S, kept for a person to look at
 
 Why this shape:
@@ -74,6 +78,8 @@ class Entry:
     message_sid: str
     form: dict[str, str]
     received_at: datetime
+    # Which parser reads ``form`` (gateway.channels): "whatsapp" (Twilio's fields) or "telegram" (ours).
+    channel: str = "whatsapp"
     # Final outcome per media index ("saved", "no_face", ...): not tried again.
     finals: dict[int, str] = field(default_factory=dict)
     attempts: int = 0
@@ -132,11 +138,16 @@ class Spool:
         self.directory = Path(directory)
         (self.directory / FAILED_DIR).mkdir(parents=True, exist_ok=True)
 
-    def add(self, message_sid: str, form: Mapping[str, str], received_at: datetime) -> Lease | None:
+    def add(
+        self, message_sid: str, form: Mapping[str, str], received_at: datetime, *, channel: str = "whatsapp"
+    ) -> Lease | None:
         """Spool a webhook and return the lease on its new entry; None when the entry already exists
         (another delivery of the same MessageSid is spooled: ``lease()`` it instead)."""
         path = self._path(message_sid)
-        record = {"message_sid": message_sid, "received_at": received_at.isoformat(), "form": dict(form)}
+        record: dict[str, object] = {"message_sid": message_sid, "received_at": received_at.isoformat(),
+                                     "form": dict(form)}
+        if channel != "whatsapp":  # WhatsApp entries stay exactly as they were written before channels
+            record["channel"] = channel
         tmp = self.directory / f".{message_sid}.{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
@@ -254,7 +265,8 @@ class Spool:
         return (p for p in self.directory.glob(f"*{SUFFIX}") if not p.name.startswith("."))
 
     def _path(self, message_sid: str) -> Path:
-        # MessageSid was validated by parse_webhook ((SM|MM) + 32 hex digits): a safe file name.
+        # MessageSid was validated by parse_webhook ((SM|MM) + 32 hex digits), a Telegram message id by
+        # gateway.telegram.updates (TG + 32 hex digits): a safe file name either way.
         if not message_sid.isalnum():
             raise ValueError("MessageSid is not a safe file name")
         return self.directory / f"{message_sid}{SUFFIX}"
@@ -296,7 +308,7 @@ def _entry_from_record(record: Mapping[str, object]) -> Entry:
     if received_at.tzinfo is None:
         received_at = received_at.replace(tzinfo=UTC)
     return Entry(message_sid=str(record["message_sid"]), form={str(k): str(v) for k, v in form.items()},
-                 received_at=received_at)
+                 received_at=received_at, channel=str(record.get("channel") or "whatsapp"))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -3,6 +3,11 @@
 Key layout (the same later in MinIO):
     whatsapp/{sender_id}/audio/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.wav
     whatsapp/{sender_id}/images/{UTC yyyymmddTHHMMSSZ}_{MessageSid}_{index}.{jpg|png|webp}
+    telegram/{user_id}/audio/{UTC yyyymmddTHHMMSSZ}_TG{32 hex}_{index}.wav      (and images/ alike)
+The channel is the first segment. A WhatsApp sender id is the bare number; a Telegram one is
+``telegram/{user_id}`` (gateway.sender), so ``sender_prefix`` gives the folder for either. A Telegram
+message's id in place of the MessageSid is ``TG`` and an HMAC of its chat id and message id, what a resent
+update keeps (gateway.telegram.updates.message_id).
 each with its metadata beside it (a ``{key}.json`` sidecar here). The time in the key is when the webhook
 arrived, so a redelivered webhook would compute a different key: identity is (sender, kind, MessageSid,
 index) — a ``MediaRef`` — and the Store, not the key, is what makes a second delivery a no-op.
@@ -43,11 +48,18 @@ EXTENSIONS: dict[str, dict[str, str]] = {
 
 # Path segments that can never climb, hide or collide: no dots, no separators, bounded length.
 _SEGMENT = r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}"
-_MESSAGE_SID = r"(?:SM|MM)[0-9a-fA-F]{32}"
+_WHATSAPP_SID = r"(?:SM|MM)[0-9a-fA-F]{32}"
+# gateway.telegram.updates.message_id: letters and digits only, so a safe spool file name too.
+_TELEGRAM_MESSAGE_ID = r"TG[0-9a-f]{32}"
+_MESSAGE_SID = rf"(?:{_WHATSAPP_SID}|{_TELEGRAM_MESSAGE_ID})"
+# A sender id: a WhatsApp number as a bare segment, or "telegram/" and a Telegram user id.
+_SENDER = rf"(?:{_SEGMENT}|telegram/[0-9]{{1,20}})"
 _KEY = re.compile(
-    rf"whatsapp/(?P<sender>{_SEGMENT})/(?P<kind>audio|images)/"
+    rf"(?:whatsapp/(?P<sender>{_SEGMENT})|(?P<telegram>telegram/[0-9]{{1,20}}))/(?P<kind>audio|images)/"
     rf"(?P<ts>[0-9]{{8}}T[0-9]{{6}}Z)_(?P<sid>{_MESSAGE_SID})_(?P<index>[0-9])\.(?P<ext>wav|jpg|png|webp)"
 )
+# Top-level folders holding senders, and how a folder name becomes a sender id.
+CHANNEL_FOLDERS = ("telegram", "whatsapp")
 
 
 class InvalidKey(ValueError):
@@ -79,12 +91,14 @@ class MediaRef:
     index: int
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(_SEGMENT, self.sender_id):
+        if not is_sender_id(self.sender_id):
             raise InvalidKey("sender id is not a safe path segment")
         if self.kind not in EXTENSIONS:
             raise InvalidKey(f"unknown kind {self.kind!r}")
-        if not re.fullmatch(_MESSAGE_SID, self.message_sid):
-            raise InvalidKey("MessageSid is not a Twilio message SID")
+        # Each channel's own message ids only: a Telegram id can never file media under a WhatsApp sender.
+        telegram = self.sender_id.startswith("telegram/")
+        if not re.fullmatch(_TELEGRAM_MESSAGE_ID if telegram else _WHATSAPP_SID, self.message_sid):
+            raise InvalidKey("message id is not one of the sender's channel")
         if not 0 <= self.index <= 9:
             raise InvalidKey(f"media index {self.index} is out of 0..9")
 
@@ -194,7 +208,7 @@ def parse_key(key: str) -> tuple[MediaRef, datetime]:
     match = _KEY.fullmatch(key)
     if match is None:
         raise InvalidKey("not a media key")
-    ref = MediaRef(match["sender"], match["kind"], match["sid"], int(match["index"]))
+    ref = MediaRef(match["telegram"] or match["sender"], match["kind"], match["sid"], int(match["index"]))
     return ref, datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
@@ -203,8 +217,22 @@ def is_media_key(key: str) -> bool:
 
 
 def is_sender_id(value: str) -> bool:
-    """Whether ``value`` can be a sender prefix (the same rule MediaRef applies)."""
-    return re.fullmatch(_SEGMENT, value) is not None
+    """Whether ``value`` can be a sender id (the same rule MediaRef applies): a WhatsApp number's safe
+    segment, or ``telegram/`` and digits."""
+    return re.fullmatch(_SENDER, value) is not None
+
+
+def sender_prefix(sender_id: str) -> str:
+    """The folder of a (valid) sender id: ``whatsapp/{number}`` or ``telegram/{user_id}``."""
+    return sender_id if sender_id.startswith("telegram/") else f"whatsapp/{sender_id}"
+
+
+def sender_of_folder(channel: str, name: str) -> str | None:
+    """The sender id a folder ``{channel}/{name}`` belongs to, or None if it cannot be one."""
+    sender = name if channel == "whatsapp" else f"{channel}/{name}"
+    if channel not in CHANNEL_FOLDERS or "/" in name or not is_sender_id(sender):
+        return None
+    return sender
 
 
 # Per-sender events the privacy layer records in the store, so every gateway process and worker sees them:
@@ -251,7 +279,7 @@ def media_key(ref: MediaRef, received_at: datetime, content_type: str) -> str:
     except KeyError:
         raise InvalidKey(f"{content_type!r} is not stored as {ref.kind}") from None
     stamp = received_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"whatsapp/{ref.sender_id}/{ref.kind}/{stamp}_{ref.message_sid}_{ref.index}.{ext}"
+    return f"{sender_prefix(ref.sender_id)}/{ref.kind}/{stamp}_{ref.message_sid}_{ref.index}.{ext}"
 
 
 class FilesystemStore:
@@ -342,14 +370,14 @@ class FilesystemStore:
             raise KeyError(key) from None
 
     def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
-        if not re.fullmatch(_SEGMENT, sender_id):
+        if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
         kinds = [kind] if kind is not None else sorted(EXTENSIONS)
         found: list[StoredObject] = []
         for one_kind in kinds:
             if one_kind not in EXTENSIONS:
                 raise InvalidKey(f"unknown kind {one_kind!r}")
-            prefix = f"whatsapp/{sender_id}/{one_kind}"
+            prefix = f"{sender_prefix(sender_id)}/{one_kind}"
             directory = self._path_under_root(prefix)
             if not directory.is_dir():
                 continue
@@ -362,10 +390,13 @@ class FilesystemStore:
         return newest_first(found)
 
     def senders(self) -> list[str]:
-        directory = self._root / "whatsapp"
-        if not directory.is_dir():
-            return []
-        return sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and is_sender_id(entry.name))
+        found = []
+        for channel in CHANNEL_FOLDERS:
+            directory = self._root / channel
+            for entry in directory.iterdir() if directory.is_dir() else ():
+                if entry.is_dir() and (sender := sender_of_folder(channel, entry.name)) is not None:
+                    found.append(sender)
+        return sorted(found)
 
     def holds_any(self, sender_id: str) -> bool:
         return bool(self._media_keys(sender_id))
@@ -386,7 +417,7 @@ class FilesystemStore:
         if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
         count = len(self._media_keys(sender_id))
-        folder = self._path_under_root(f"whatsapp/{sender_id}")
+        folder = self._path_under_root(sender_prefix(sender_id))
         # The whole folder: media, sidecars, pointer files, and the temp files of a write in progress
         # (that write then fails and is retried, and the erase marker drops it).
         shutil.rmtree(folder, ignore_errors=True)
@@ -418,11 +449,13 @@ class FilesystemStore:
         self._marker_path(name, sender_id).unlink(missing_ok=True)
 
     def markers(self, name: str) -> dict[str, datetime]:
-        folder = self._marker_path(name, "0").parent
         found = {}
-        for entry in folder.iterdir() if folder.is_dir() else ():
-            if is_sender_id(entry.name) and (at := self.marker(name, entry.name)) is not None:
-                found[entry.name] = at
+        for channel in CHANNEL_FOLDERS:
+            folder = self._marker_path(name, "0").parent.parent / channel
+            for entry in folder.iterdir() if folder.is_dir() else ():
+                sender = sender_of_folder(channel, entry.name)
+                if sender is not None and (at := self.marker(name, sender)) is not None:
+                    found[sender] = at
         return found
 
     def check(self) -> str:
@@ -441,7 +474,7 @@ class FilesystemStore:
             raise InvalidKey("sender id is not a safe path segment")
         keys = []
         for kind in sorted(EXTENSIONS):
-            prefix = f"whatsapp/{sender_id}/{kind}"
+            prefix = f"{sender_prefix(sender_id)}/{kind}"
             directory = self._path_under_root(prefix)
             if directory.is_dir():
                 keys += [f"{prefix}/{entry.name}" for entry in directory.iterdir()
@@ -449,12 +482,12 @@ class FilesystemStore:
         return keys
 
     def _marker_path(self, name: str, sender_id: str) -> Path:
-        """Markers live beside the senders' folders, not in them: ``.mediabot/markers/{name}/whatsapp/{id}``."""
+        """Markers live beside the senders' folders, not in them: ``.mediabot/markers/{name}/{channel}/{id}``."""
         check_marker(name, sender_id)
-        return self._path_under_root(f".mediabot/markers/{name}/whatsapp/{sender_id}")
+        return self._path_under_root(f".mediabot/markers/{name}/{sender_prefix(sender_id)}")
 
     def _ref_path(self, ref: MediaRef) -> Path:
-        return self._path_under_root(f"whatsapp/{ref.sender_id}/{ref.kind}") / f".{ref.message_sid}_{ref.index}.ref"
+        return self._path_under_root(f"{sender_prefix(ref.sender_id)}/{ref.kind}") / f".{ref.message_sid}_{ref.index}.ref"
 
     def _path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, request
@@ -122,12 +123,16 @@ def _notice(privacy: Privacy, message: InboundMessage) -> str | None:
         return None
 
 
-def _spool_and_try(message: InboundMessage, budget: Budget, received_at: datetime) -> tuple[list[str], list[str]]:
-    """Spool the message, try it once under its lease, and say per item what became of it."""
+def _spool_and_try(
+    message: InboundMessage, budget: Budget, received_at: datetime, *, form: Mapping[str, str] | None = None,
+    channel: str = "whatsapp",
+) -> tuple[list[str], list[str]]:
+    """Spool the message, try it once under its lease, and say per item what became of it. ``form`` is what
+    is spooled (default: this request's Twilio form), ``channel`` how it is read back (gateway.channels)."""
     services: Services = current_app.extensions["mediabot"]
     spool, intake = current_app.extensions[_INTAKE]
     try:
-        lease = _lease_for(spool, message, budget, received_at)
+        lease = _lease_for(spool, message, budget, received_at, form, channel)
     except OSError as error:
         # The spool's disk is full or gone: still try now, as the gateway did before it had a spool; what
         # fails gets the old "please send it again".
@@ -150,12 +155,15 @@ def _spool_and_try(message: InboundMessage, budget: Budget, received_at: datetim
     return sentences, outcomes
 
 
-def _lease_for(spool: Spool, message: InboundMessage, budget: Budget, received_at: datetime) -> Lease | None:
+def _lease_for(
+    spool: Spool, message: InboundMessage, budget: Budget, received_at: datetime,
+    form: Mapping[str, str] | None = None, channel: str = "whatsapp",
+) -> Lease | None:
     """A new entry's lease or, for a repeated MessageSid, the existing entry's once its holder is done;
     None if another holder keeps it past the budget."""
-    form = request.form.to_dict(flat=True)
+    form = request.form.to_dict(flat=True) if form is None else dict(form)
     for _ in range(3):
-        lease = spool.add(message.message_sid, form, received_at)
+        lease = spool.add(message.message_sid, form, received_at, channel=channel)
         if lease is not None:
             return lease
         lease = spool.lease(message.message_sid, wait_s=max(0.0, budget.remaining() - _REPLY_MARGIN_S))

@@ -18,13 +18,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from gateway.budget import Budget
 from gateway.config import ConfigError, Settings
-from gateway.intake import Intake
+from gateway.intake import Attempt, Intake
 from gateway.privacy import Privacy
-from gateway.spool import Backoff, Spool
+from gateway.spool import Backoff, Entry, Spool
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 
@@ -43,6 +44,7 @@ class SpoolWorker:
         expire_media: bool = False,
         erasure_memory: timedelta = timedelta(days=1),
         sweep_every_s: float = 3600.0,
+        notify: Callable[[Entry, Attempt], object] | None = None,
     ) -> None:
         self._spool = spool
         self._intake = intake
@@ -54,6 +56,8 @@ class SpoolWorker:
         self._erasure_memory = erasure_memory
         self._sweep_every_s = sweep_every_s
         self._next_sweep = 0.0
+        # Tells the user how a deferred item ended, where the channel can (Telegram: sendMessage).
+        self._notify = notify
 
     def run(self, stop: threading.Event) -> None:
         """Attempt every due entry, then sleep a poll interval; until ``stop`` is set (checked between
@@ -94,7 +98,10 @@ class SpoolWorker:
             if lease.entry.due_at > time.time():  # someone attempted it between our listing and our lease
                 lease.release()
                 continue
-            self._intake.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
+            entry = lease.entry
+            attempt = self._intake.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
+            if self._notify is not None:
+                self._notify(entry, attempt)
             attempted += 1
         return attempted
 
@@ -132,11 +139,20 @@ def main() -> int:
             # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
             erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
             sweep_every_s=settings.privacy_sweep_s,
+            notify=_telegram_notifier(services),
         )
         worker.run(stop)
     finally:
         services.close()
     return 0
+
+
+def _telegram_notifier(services):  # noqa: ANN001, ANN202 (Services, imported lazily)
+    if services.telegram is None:
+        return None
+    from gateway.telegram.notify import TelegramNotifier
+
+    return TelegramNotifier(services.telegram)
 
 
 def _connect(settings: Settings, stop: threading.Event):  # noqa: ANN202 (Services, imported lazily)

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.audio",
     "tests.fixtures.gateway",
     "tests.fixtures.s3",
+    "tests.fixtures.telegram",
     "tests.fixtures.triton",
     "tests.fixtures.vision",
 ]

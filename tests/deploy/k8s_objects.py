@@ -111,6 +111,8 @@ def resolved_env(docs: list[Obj], container: Obj) -> dict[str, str]:
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
             data = one_by_exact_name(docs, "Secret", ref["name"]).get("data", {})
+            if ref["key"] not in data and ref.get("optional") is True:
+                continue  # the kubelet leaves an optional key that is not there unset (Telegram's, say)
             assert ref["key"] in data, f"{item['name']}: Secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = base64.b64decode(data[ref["key"]]).decode("utf-8")
         else:

@@ -147,6 +147,8 @@ def test_images_are_pinned(rendered: Docs, target: str) -> None:
 
 SECRET_KEYS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
                "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+# Referenced with optional: true (Telegram is an optional second channel) and commented out in the template.
+OPTIONAL_SECRET_KEYS = {"TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET"}
 
 
 def _template() -> dict[str, str]:
@@ -214,13 +216,22 @@ def test_every_configmap_and_secret_reference_resolves(rendered: Docs, target: s
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_secret_key_is_used(rendered: Docs, target: str) -> None:
     docs = rendered[target]
-    used = {
-        item["valueFrom"]["secretKeyRef"]["key"]
+    refs = [
+        item["valueFrom"]["secretKeyRef"]
         for _, container in all_containers(docs)
         for item in container.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
-    }
-    assert set(one(docs, "Secret", "mediabot-secrets")["data"]) == used
+    ]
+    required = {ref["key"] for ref in refs if not ref.get("optional")}
+    optional = {ref["key"] for ref in refs if ref.get("optional")}
+    assert set(one(docs, "Secret", "mediabot-secrets")["data"]) == required
+    assert optional == OPTIONAL_SECRET_KEYS and not optional & required
+
+
+def test_the_template_names_the_optional_secrets_commented_out() -> None:
+    text = tools.SECRETS_TEMPLATE.read_text(encoding="utf-8")
+    for key in OPTIONAL_SECRET_KEYS:
+        assert f"\n#{key}=" in text, f"{key}: the template shows it, commented out"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -279,8 +290,8 @@ def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, tar
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_ingress_serves_only_the_webhook_at_the_public_url(rendered: Docs, target: str) -> None:
-    from gateway.config import WEBHOOK_PATH
+def test_ingress_serves_only_the_webhooks_at_the_public_url(rendered: Docs, target: str) -> None:
+    from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH
 
     docs = rendered[target]
     ingress = one(docs, "Ingress", "gateway")
@@ -289,12 +300,13 @@ def test_ingress_serves_only_the_webhook_at_the_public_url(rendered: Docs, targe
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == public.hostname
     assert ingress["spec"]["tls"] == [{"hosts": [public.hostname], "secretName": "mediabot-tls"}]
-    (path,) = rule["http"]["paths"]
-    assert (path["path"], path["pathType"]) == (WEBHOOK_PATH, "Exact")
-    backend = path["backend"]["service"]
-    named = {p["name"]: p["port"] for p in one(docs, "Service", backend["name"])["spec"]["ports"]}
-    workload, port = service_target(docs, backend["name"], named[backend["port"]["name"]])
-    assert workload["metadata"]["name"] == "gateway" and port == 8080
+    paths = rule["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [(WEBHOOK_PATH, "Exact"), (TELEGRAM_WEBHOOK_PATH, "Exact")]
+    for path in paths:
+        backend = path["backend"]["service"]
+        named = {p["name"]: p["port"] for p in one(docs, "Service", backend["name"])["spec"]["ports"]}
+        workload, port = service_target(docs, backend["name"], named[backend["port"]["name"]])
+        assert workload["metadata"]["name"] == "gateway" and port == 8080
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -447,7 +459,8 @@ def test_the_gateway_never_gets_minios_root_credentials(rendered: Docs, target: 
     for container in containers(workload_named(docs, "gateway")):
         refs = {item["valueFrom"]["secretKeyRef"]["key"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
         assert not refs & root_keys and not {item["name"] for item in container["env"]} & root_keys, container["name"]
-        assert refs == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+        assert refs == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY",
+                        *OPTIONAL_SECRET_KEYS}
         env = resolved_env(docs, container)
         assert env["MINIO_ACCESS_KEY"] != resolved_env(docs, containers(workload_named(docs, "minio"))[0])["MINIO_ROOT_USER"]
     (minio,) = containers(workload_named(docs, "minio"))

@@ -155,16 +155,17 @@ def test_compose_metrics_port_is_exposed_on_the_backend_only(compose: Model, ser
     assert not item.get("ports"), "metrics are not published on the host"
 
 
-def test_ngrok_forwards_only_the_webhook(compose: Model) -> None:
+def test_ngrok_forwards_only_the_webhooks(compose: Model) -> None:
     """ngrok forwards everything to gateway:8080, which also serves /metrics: its traffic policy must 404 the rest."""
-    from gateway.config import WEBHOOK_PATH
+    from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH
 
     ngrok = compose["services"]["ngrok"]
     flag = next(a for a in ngrok["command"] if a.startswith("--traffic-policy-file="))
     (config,) = [c for c in ngrok["configs"] if c["target"] == flag.partition("=")[2]]
     policy = yaml.safe_load(compose["configs"][config["source"]]["content"])
     (rule,) = policy["on_http_request"]
-    assert rule["expressions"] == [f"!(req.url.path in ['{WEBHOOK_PATH}', '{WEBHOOK_PATH}/'])"]
+    paths = ", ".join(f"'{path}', '{path}/'" for path in (WEBHOOK_PATH, TELEGRAM_WEBHOOK_PATH))
+    assert rule["expressions"] == [f"!(req.url.path in [{paths}])"]
     assert rule["actions"] == [{"type": "custom-response", "config": {"status_code": 404, "body": "not found"}}]
 
 
@@ -172,5 +173,6 @@ def test_compose_file_mentions_every_new_gateway_setting() -> None:
     """The durable-intake and security settings reach the gateway from .env, not just their defaults."""
     text = Path(tools.COMPOSE_FILE).read_text(encoding="utf-8")
     for name in ("SPOOL_RETRY_BASE_S", "SPOOL_RETRY_MAX_S", "SPOOL_GIVE_UP_AFTER_S", "SPOOL_POLL_S",
-                 "SPOOL_ATTEMPT_BUDGET_S", "MEDIA_ALLOW_PRIVATE_ADDRESSES", "GRPC_MAX_ATTEMPTS"):
+                 "SPOOL_ATTEMPT_BUDGET_S", "MEDIA_ALLOW_PRIVATE_ADDRESSES", "GRPC_MAX_ATTEMPTS", "TELEGRAM_BOT_TOKEN",
+                 "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL"):
         assert f"${{{name}:-" in text, name

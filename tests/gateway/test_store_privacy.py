@@ -10,7 +10,7 @@ import pytest
 from gateway.config import Settings
 from gateway.minio_store import MinioStore
 from gateway.privacy import Privacy
-from gateway.store import AUDIO, IMAGES, FilesystemStore, InvalidKey, MediaRef, Store
+from gateway.store import AUDIO, IMAGES, FilesystemStore, InvalidKey, MediaRef, Store, parse_key
 from tests.fixtures.gateway import stored_files
 from tests.fixtures.s3 import SeaweedS3
 
@@ -151,3 +151,64 @@ def test_a_server_that_refuses_the_rule_leaves_retention_to_the_sweep(s3_server:
         assert refusing.set_retention(30) is False and not refusing.expires_by_itself
     finally:
         store.close()
+
+
+# -- channels: Telegram senders beside WhatsApp ones ----------------------------------------------------------
+
+TG = "telegram/15551234"  # the same digits as the WhatsApp sender LONG
+
+
+def tg_sid(n: int) -> str:
+    return "TG" + f"{n:032x}"
+
+
+def put_tg(store: Store, n: int, kind: str = AUDIO, when: datetime = WHEN) -> str:
+    content_type = "audio/wav" if kind == AUDIO else "image/jpeg"
+    stored, created = store.put(MediaRef(TG, kind, tg_sid(n), 0), b"t" * (50 + n), content_type=content_type,
+                                metadata={"profile_name": "Tele"}, received_at=when)
+    assert created
+    return stored.key
+
+
+def test_telegram_senders_have_their_own_folder_bookkeeping_and_markers(each_store: Store) -> None:
+    wa = put(each_store, LONG, 1)
+    tg_audio, tg_photo = put_tg(each_store, 7), put_tg(each_store, 8, IMAGES)
+    assert tg_audio == f"telegram/15551234/audio/20260304T050607Z_{tg_sid(7)}_0.wav"
+    assert wa.startswith(f"whatsapp/{LONG}/")
+    assert parse_key(tg_audio)[0] == MediaRef(TG, AUDIO, tg_sid(7), 0)
+    # A replay of the same Telegram message lands on the stored object.
+    again, created = each_store.put(MediaRef(TG, AUDIO, tg_sid(7), 0), b"other", content_type="audio/wav",
+                                    metadata={}, received_at=WHEN + timedelta(seconds=5))
+    assert (again.key, created) == (tg_audio, False)
+
+    assert each_store.senders() == sorted([LONG, TG])
+    assert [o.key for o in each_store.list(TG)] == sorted([tg_audio, tg_photo], reverse=True)
+    assert [o.key for o in each_store.list(LONG)] == [wa]
+    each_store.set_marker("noticed", TG, WHEN)
+    assert each_store.marker("noticed", TG) == WHEN and each_store.marker("noticed", LONG) is None
+    each_store.set_marker("noticed", LONG, WHEN + timedelta(hours=1))
+    assert each_store.markers("noticed") == {TG: WHEN, LONG: WHEN + timedelta(hours=1)}
+
+    assert each_store.erase(TG) == 2
+    assert each_store.list(TG) == [] and not each_store.holds_any(TG)
+    assert [o.key for o in each_store.list(LONG)] == [wa] and each_store.holds_any(LONG)
+    assert not any(name.startswith(("telegram/", ".mediabot/claims/telegram/")) for name in everything(each_store))
+
+
+def test_expiry_covers_both_channels(each_store: Store) -> None:
+    put(each_store, LONG, 1, when=WHEN - timedelta(days=40))
+    put_tg(each_store, 2, when=WHEN - timedelta(days=40))
+    kept = put_tg(each_store, 3)
+    assert each_store.expire(WHEN - timedelta(days=30)) == 2
+    assert [o.key for o in each_store.list(TG)] == [kept] and each_store.list(LONG) == []
+
+
+@pytest.mark.parametrize(("sender", "message_id"), [
+    ("telegram/12", "MM" + "0" * 32),  # a WhatsApp SID under a Telegram sender
+    ("15551234", "TG" + "0" * 32),  # a Telegram id under a WhatsApp sender
+    ("telegram/12", "TG" + "0" * 31), ("telegram/12", "TG" + "A" * 32),
+    *((sender, "TG" + "0" * 32) for sender in ("telegram/../x", "telegram/-5", "telegram/abc", "telegram/1/2")),
+])
+def test_refs_mixing_channels_or_escaping_are_refused(sender: str, message_id: str) -> None:
+    with pytest.raises(InvalidKey):
+        MediaRef(sender, AUDIO, message_id, 0)

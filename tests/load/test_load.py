@@ -1,12 +1,14 @@
-"""Load: signed text-only and media webhooks at concurrency 16 against the gateway under gunicorn.
+"""Load: signed text-only and media webhooks, and Telegram voice updates beside them, at concurrency 16
+against the gateway under gunicorn.
 
 Real processes on loopback: gunicorn (2 workers x 8 threads, as deployed) with the real app, the real
-audio service converting every voice note with ffmpeg, the filesystem store. Pass criteria are
+audio service converting every voice note with ffmpeg, the filesystem store, a local Telegram Bot API
+(gateway.telegram.simulate) serving the Telegram voice notes. Pass criteria are
 correctness only (no 5xx, every reply the right one, every voice note stored once, the multiprocess
 metrics agreeing); latency is measured and reported (p50/p99/max), never asserted: speed belongs to
 benchmarks, and this machine is shared.
 
-Sizes: MEDIABOT_LOAD_TEXT / MEDIABOT_LOAD_MEDIA / MEDIABOT_LOAD_CONCURRENCY. `make soak` runs the issue's
+Sizes: MEDIABOT_LOAD_TEXT / MEDIABOT_LOAD_MEDIA / MEDIABOT_LOAD_TELEGRAM / MEDIABOT_LOAD_CONCURRENCY. `make soak` runs the issue's
 full 1000 / 200 / 16; the defaults below are the short form `make test` runs.
 MEDIABOT_LOAD_REPORT=path writes the figures as JSON too.
 """
@@ -31,6 +33,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulate import reply_text, sign
+from gateway.telegram.simulate import LocalBotApi, file_content, message_update
+from gateway.telegram.webhook import SECRET_HEADER
 from tests.fixtures.gateway import (
     TEST_ACCOUNT_SID,
     TEST_AUTH_TOKEN,
@@ -44,6 +48,7 @@ from tests.fixtures.gateway import (
 REPO = Path(__file__).resolve().parents[2]
 TEXT = int(os.environ.get("MEDIABOT_LOAD_TEXT", "250"))
 MEDIA = int(os.environ.get("MEDIABOT_LOAD_MEDIA", "50"))
+TELEGRAM = int(os.environ.get("MEDIABOT_LOAD_TELEGRAM", "25"))
 CONCURRENCY = int(os.environ.get("MEDIABOT_LOAD_CONCURRENCY", "16"))
 
 
@@ -55,13 +60,16 @@ class Gunicorn:
 
 
 @pytest.fixture
-def gunicorn_gateway(tmp_path: Path, audio_server: str) -> Iterator[Gunicorn]:
+def gunicorn_gateway(tmp_path: Path, audio_server: str, bot_api: LocalBotApi) -> Iterator[Gunicorn]:
+    from tests.fixtures.telegram import telegram_env
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PROMETHEUS_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PROMETHEUS_", "TELEGRAM_"))},
+        **{k: str(v) for k, v in telegram_env(bot_api).items()},
         "PUBLIC_BASE_URL": url,
         "TRUST_PROXY": "0",
         "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
@@ -108,24 +116,37 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, voice_note: Path,
+def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, bot_api: LocalBotApi, voice_note: Path,
               capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fixtures.telegram import TG_SECRET
+
     webhook = f"{gunicorn_gateway.url}/whatsapp"
     voice_url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
-    forms = [media_form([]) for _ in range(TEXT)] + [media_form([(voice_url, "audio/ogg")]) for _ in range(MEDIA)]
-    # Interleave so media and text share the run instead of arriving in two phases.
-    forms.sort(key=lambda form: form["MessageSid"])
+    forms: list[dict[str, object]] = [media_form([]) for _ in range(TEXT)]
+    forms += [media_form([(voice_url, "audio/ogg")]) for _ in range(MEDIA)]
+    # Telegram voice notes from a few users, each served by the local Bot API (NumMedia "tg" marks them).
+    forms += [{"MessageSid": f"TG{n:06d}", "NumMedia": "tg",
+               "update": message_update(700 + n % 5, **file_content(bot_api, voice_note))} for n in range(TELEGRAM)]
+    # Interleave so media, text and both channels share the run instead of arriving in phases.
+    forms.sort(key=lambda form: str(form["MessageSid"])[2:])
     local = threading.local()
 
-    def post(form: dict[str, str]) -> tuple[str, int, float, str]:
+    def post(form: dict[str, object]) -> tuple[str, int, float, str]:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         started = time.perf_counter()
-        signature = sign(webhook, form, TEST_AUTH_TOKEN)
-        response = session.post(webhook, data=form, headers={"X-Twilio-Signature": signature}, timeout=30)
+        if form["NumMedia"] == "tg":
+            response = session.post(f"{gunicorn_gateway.url}/telegram", json=form["update"],
+                                    headers={SECRET_HEADER: TG_SECRET}, timeout=30)
+            elapsed = time.perf_counter() - started
+            text = str(response.json().get("text")) if response.status_code == 200 else response.text[:200]
+            return "tg", response.status_code, elapsed, text
+        fields = {k: str(v) for k, v in form.items()}
+        signature = sign(webhook, fields, TEST_AUTH_TOKEN)
+        response = session.post(webhook, data=fields, headers={"X-Twilio-Signature": signature}, timeout=30)
         elapsed = time.perf_counter() - started
         text = reply_text(response.text) if response.status_code == 200 else response.text[:200]
-        return form["NumMedia"], response.status_code, elapsed, text
+        return fields["NumMedia"], response.status_code, elapsed, text
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
@@ -139,16 +160,19 @@ def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, voice_note:
     assert len(text_replies) == 1 and "voice message" in text_replies.pop()
     media_replies = [text for media, _, _, text in results if media != "0"]
     assert all(t.startswith("Saved your voice message (") for t in media_replies), set(media_replies)
-    # One WAV and one sidecar per voice note.
+    # One WAV and one sidecar per voice note, in each channel's own folders.
     assert len(media_files(gunicorn_gateway.media_root)) == 2 * MEDIA
+    telegram = [p for p in (gunicorn_gateway.media_root / "telegram").rglob("*.wav")] if TELEGRAM else []
+    assert len(telegram) == TELEGRAM
 
     # The multiprocess metrics, scraped from whichever worker answers, count every worker's requests.
     with urllib.request.urlopen(f"{gunicorn_gateway.url}/metrics", timeout=5) as answer:
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for f in text_string_to_metric_families(answer.read().decode()) for s in f.samples}
     assert samples[("mediabot_gateway_webhooks_total", (("result", "text_only"),))] == TEXT
-    assert samples[("mediabot_gateway_webhooks_total", (("result", "media"),))] == MEDIA
-    assert samples[("mediabot_gateway_media_outcomes_total", (("media_type", "audio"), ("outcome", "saved")))] == MEDIA
+    assert samples[("mediabot_gateway_webhooks_total", (("result", "media"),))] == MEDIA + TELEGRAM
+    assert samples[("mediabot_gateway_media_outcomes_total", (("media_type", "audio"), ("outcome", "saved")))] == (
+        MEDIA + TELEGRAM)
 
     def figures(kind: str, latencies: list[float]) -> dict[str, float]:
         return {f"{kind}_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
@@ -156,10 +180,11 @@ def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, voice_note:
                 f"{kind}_max_ms": round(max(latencies) * 1000, 1)}
 
     report: dict[str, object] = {
-        "text_webhooks": TEXT, "media_webhooks": MEDIA, "concurrency": CONCURRENCY,
+        "text_webhooks": TEXT, "media_webhooks": MEDIA, "telegram_updates": TELEGRAM, "concurrency": CONCURRENCY,
         "wall_s": round(wall_s, 1), "requests_per_s": round(len(results) / wall_s, 1), "errors_5xx": 0,
         **figures("text", [e for m, _, e, _ in results if m == "0"]),
-        **(figures("media", [e for m, _, e, _ in results if m != "0"]) if MEDIA else {}),
+        **(figures("media", [e for m, _, e, _ in results if m not in ("0", "tg")]) if MEDIA else {}),
+        **(figures("telegram", [e for m, _, e, _ in results if m == "tg"]) if TELEGRAM else {}),
         **figures("all", [e for _, _, e, _ in results]),
     }
     if os.environ.get("MEDIABOT_LOAD_REPORT"):

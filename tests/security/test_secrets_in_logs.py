@@ -25,7 +25,9 @@ from tests.fixtures.gateway import (
     media_form,
     signed_post,
 )
+from gateway.telegram.simulate import LocalBotApi
 from tests.fixtures.s3 import SECRET_KEY, SeaweedS3, new_bucket_name
+from tests.fixtures.telegram import TG_SECRET, TG_TOKEN, USER_ID, file_update, post_update, telegram_env
 
 BASIC_AUTH = base64.b64encode(f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}".encode()).decode()
 
@@ -108,3 +110,29 @@ def test_a_failing_filesystem_store_does_not_log_the_number_in_its_paths(
     assert response.status_code == 200
     assert any(r.levelno >= logging.WARNING for r in caplog.records)
     assert_clean(rendered(caplog.records) + response.get_data(as_text=True))
+
+
+def test_failing_telegram_updates_log_no_token_no_secret_and_no_full_user_id(
+    make_gateway: Callable[..., Flask], audio_server: str, bot_api: LocalBotApi, media_root: Path,
+    voice_note: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bot token is in every Bot API URL; the user id (the same digits as SENDER_ID here) names the
+    folder, and in a private chat is the chat id too: none of them may appear whole in a log line."""
+    caplog.set_level(logging.DEBUG)
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, **telegram_env(bot_api))
+    updates = [file_update(bot_api, voice_note) for _ in range(4)]
+    bot_api.file_paths[updates[0]["message"]["voice"]["file_id"]] = "../../etc/passwd"
+    bodies = [post_update(app, updates[0]).get_data(as_text=True)]
+    bot_api.fail_with = 500
+    bodies.append(post_update(app, updates[1]).get_data(as_text=True))
+    bot_api.fail_with = None
+    # A store that fails on the sender's folder, so an OSError naming the path is logged.
+    (media_root / "telegram").mkdir(parents=True, exist_ok=True)
+    (media_root / "telegram" / str(USER_ID)).write_text("a file where the sender's directory should be")
+    bodies.append(post_update(app, updates[2]).get_data(as_text=True))
+    bodies.append(post_update(app, updates[3], secret="wrong").get_data(as_text=True))
+    assert any(r.levelno >= logging.WARNING for r in caplog.records)
+    assert "getFile" in rendered(caplog.records)
+    assert_clean(rendered(caplog.records), TG_TOKEN, TG_TOKEN.split(":")[1], TG_SECRET)
+    # The answers name the chat (Telegram must know where to send them), never the token or the secret.
+    assert not any(secret in body for body in bodies for secret in (TG_TOKEN.split(":")[1], TG_SECRET))

@@ -40,6 +40,7 @@ class Stack:
     url: str
     media_root: Path
     log: Path
+    env: dict[str, str]
 
 
 def _wait_ready(url: str, honcho: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
@@ -62,7 +63,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     triton_http, triton_grpc, triton_metrics = _free_port(), _free_port(), _free_port()
     audio, vision, gateway = _free_port(), _free_port(), _free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL", "TELEGRAM_"))},
+        # The one Telegram variable set: the development Bot API's port (8081 by default) moved to a free one,
+        # like every other port here; token and secret are the development ones, as with no configuration.
+        "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{_free_port()}",
         "TRITON_HTTP_PORT": str(triton_http),
         "TRITON_GRPC_PORT": str(triton_grpc),
         "TRITON_METRICS_PORT": str(triton_metrics),
@@ -83,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
     try:
         _wait_ready(f"http://127.0.0.1:{gateway}/readyz", honcho, log, timeout_s=180)
-        yield Stack(url=f"http://127.0.0.1:{gateway}/whatsapp", media_root=work / "media", log=log)
+        yield Stack(url=f"http://127.0.0.1:{gateway}/whatsapp", media_root=work / "media", log=log, env=env)
     finally:
         # Ctrl-C, as a user stops `make run`: honcho forwards it and every process must exit.
         os.killpg(honcho.pid, signal.SIGINT)
@@ -157,3 +161,29 @@ def test_a_sender_sees_and_erases_their_data_from_the_chat(stack: Stack, tmp_pat
     folder = stack.media_root / "whatsapp" / sender.lstrip("+")
     assert not [p for p in folder.rglob("*") if p.is_file()]
     assert say("MY DATA").startswith("I keep nothing of yours.")
+
+
+def test_telegram_with_no_configuration_saves_a_voice_note_and_a_face_photo(stack: Stack, tmp_path: Path) -> None:
+    """`make run` + `python -m gateway.simulate --channel telegram`: the issue's "done when", through the
+    Procfile's processes, the development token and secret, and the simulator's local Bot API."""
+    voice = make_sample("ogg_opus", tmp_path)
+    (tmp_path / "face.jpg").write_bytes(face_photo())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "PUBLIC_BASE_URL"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.simulate", "--channel", "telegram", "--from", "4242424",
+         "--url", stack.url.replace("/whatsapp", "/telegram"), str(voice), str(tmp_path / "face.jpg")],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        env={**env, "TELEGRAM_API_BASE_URL": stack.env["TELEGRAM_API_BASE_URL"]},
+    )
+    assert done.returncode == 0, done.stderr + stack.log.read_text()[-3000:]
+    assert done.stdout.startswith("Saved your voice message"), done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "Saved your photo (1 face found).", done.stdout
+    folder = stack.media_root / "telegram" / "4242424"
+    [wav] = sorted((folder / "audio").glob("*.wav"))
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(wav)],
+        check=True, capture_output=True, text=True,
+    ).stdout)["streams"][0]
+    assert (probe["sample_rate"], probe["channels"]) == ("16000", 1)
+    [jpg] = sorted((folder / "images").glob("*.jpg"))
+    assert jpg.read_bytes() == face_photo()
