@@ -29,7 +29,8 @@ from pathlib import Path
 
 from gateway.channels import parse_spooled
 from gateway.inbound import InvalidWebhook
-from gateway.sender import InvalidSender, mask_phone
+from gateway import replies
+from gateway.sender import InvalidSender, mask_phone, redact_sender
 from gateway.spool import Entry, Spool
 from gateway.store import AUDIO, Store, StoredObject, parse_key
 
@@ -136,6 +137,25 @@ class Privacy:
                         "Anything you send from now on is kept again.")
             # No DELETE before it, or too long ago: ask again rather than erase on a stray message.
         return self._ask_to_confirm(sender, now)
+
+    def reply(self, command: Command, sender: str, message_sid: str) -> str:
+        """``answer``, or, when the store cannot be reached, the sentence saying so (and a log line): what both
+        channels' webhooks send."""
+        try:
+            return self.answer(command, sender)
+        except OSError as error:
+            logger.error("privacy command failed",
+                         extra={"message_sid": message_sid, "error": redact_sender(str(error), sender)})
+            return replies.PRIVACY_UNAVAILABLE
+
+    def notice_if_first(self, sender: str, message_sid: str) -> str | None:
+        """``notice``, or None when the store cannot say (the notice then goes out next time)."""
+        try:
+            return self.notice(sender)
+        except OSError as error:
+            logger.warning("could not check whether to send the privacy notice",
+                           extra={"message_sid": message_sid, "error": redact_sender(str(error), sender)})
+            return None
 
     def notice(self, sender: str) -> str | None:
         """The privacy notice, the first time ``sender`` hears from the bot while nothing of theirs is kept."""

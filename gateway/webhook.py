@@ -25,7 +25,7 @@ from gateway.config import WEBHOOK_PATH
 from gateway.inbound import InboundMessage, InvalidWebhook, parse_webhook
 from gateway.intake import Intake
 from gateway.privacy import Privacy, parse_command
-from gateway.sender import InvalidSender, mask_phone, redact_sender
+from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.signature import twilio_signature_required
 from gateway.spool import Backoff, Lease, Spool
@@ -84,16 +84,11 @@ def whatsapp() -> Response:
     privacy: Privacy = current_app.extensions[_PRIVACY]
     command = parse_command(message.body) if not message.media else None
     if command is not None:
-        try:
-            text = privacy.answer(command, message.sender_id)
-        except OSError as error:
-            logger.error("privacy command failed", extra={"message_sid": message.message_sid,
-                                                          "error": redact_sender(str(error), message.sender_id)})
-            text = replies.PRIVACY_UNAVAILABLE
+        text = privacy.reply(command, message.sender_id, message.message_sid)
         return _answer(text, f"privacy_{command.value}", started, message_sid=message.message_sid,
                        sender=mask_phone(message.sender_id))
     # Asked before the media is stored: "nothing of theirs is kept yet" is about the time they wrote.
-    notice = _notice(privacy, message)
+    notice = privacy.notice_if_first(message.sender_id, message.message_sid)
 
     if not message.media:
         return _answer(replies.HELP, "text_only", started, notice=notice, message_sid=message.message_sid,
@@ -111,16 +106,6 @@ def whatsapp() -> Response:
         message_type=message.message_type,
         num_media=len(message.media),
     )
-
-
-def _notice(privacy: Privacy, message: InboundMessage) -> str | None:
-    """The privacy notice for a first contact; None otherwise, or when the store cannot say (next time)."""
-    try:
-        return privacy.notice(message.sender_id)
-    except OSError as error:
-        logger.warning("could not check whether to send the privacy notice",
-                       extra={"message_sid": message.message_sid, "error": redact_sender(str(error), message.sender_id)})
-        return None
 
 
 def _spool_and_try(

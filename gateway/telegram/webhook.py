@@ -30,7 +30,7 @@ from gateway.budget import Budget
 from gateway.config import TELEGRAM_WEBHOOK_PATH, is_loopback_host
 from gateway.inbound import InvalidWebhook
 from gateway.privacy import Command, Privacy, parse_command
-from gateway.sender import InvalidSender, mask_phone, redact_sender
+from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.telegram.botapi import send_message_params
 from gateway.telegram.updates import UNSUPPORTED_KINDS, TelegramMessage, parse_update
@@ -136,12 +136,7 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
         # In a group, the answer (how much of yours I keep; erase it?) would be read by everyone there.
         return _answer(found.chat_id, found.message_id, PRIVATE_ONLY, "privacy_elsewhere", started, **fields)
     if privacy_command is not None:
-        try:
-            text = privacy.answer(privacy_command, message.sender_id)
-        except OSError as error:
-            logger.error("privacy command failed", extra={"message_sid": message.message_sid,
-                                                          "error": redact_sender(str(error), message.sender_id)})
-            text = replies.PRIVACY_UNAVAILABLE
+        text = privacy.reply(privacy_command, message.sender_id, message.message_sid)
         return _answer(found.chat_id, found.message_id, telegram_wording(text), f"privacy_{privacy_command.value}",
                        started, **fields)
     notice = _notice(privacy, message.sender_id, message.message_sid)
@@ -178,12 +173,7 @@ def _refusal(secret: str, development: bool) -> str | None:
 
 
 def _notice(privacy: Privacy, sender: str, message_sid: str) -> str | None:
-    try:
-        notice = privacy.notice(sender)
-    except OSError as error:
-        logger.warning("could not check whether to send the privacy notice",
-                       extra={"message_sid": message_sid, "error": redact_sender(str(error), sender)})
-        return None
+    notice = privacy.notice_if_first(sender, message_sid)
     return telegram_wording(notice) if notice else None
 
 

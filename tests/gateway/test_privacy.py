@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from gateway import replies
 from gateway.budget import Budget
 from gateway.config import Settings
 from gateway.intake import Intake
@@ -26,6 +27,7 @@ from gateway.simulate import messages_of
 from gateway.spool import Backoff, Spool
 from gateway.store import AUDIO, IMAGES, FilesystemStore, MediaRef
 from gateway.worker import SpoolWorker
+from tests.fixtures.s3 import SeaweedS3
 from tests.fixtures.gateway import (
     SENDER,
     SENDER_ID,
@@ -344,3 +346,21 @@ def test_markers_that_name_a_sender_are_forgotten_when_no_longer_needed(tmp_path
     assert set(store.markers("erased")) == {"15550000002"} and set(store.markers("erase_requested")) == {"15550000004"}
     assert Privacy(store, None, retention_days=30, clock=lambda: now).forget_old_markers(timedelta(hours=25)) == 1
     assert set(store.markers("noticed")) == {"15550000006"}
+
+
+def test_with_the_storage_down_commands_say_so_and_nothing_is_erased(
+    make_gateway: Callable[..., Flask], audio_server: str, running_s3: SeaweedS3, s3_bucket: str,
+    media_server: MediaServer, voice_note: Path,
+) -> None:
+    app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, MINIO_RETRIES="0", **running_s3.gateway_env(s3_bucket))
+    send_voice(app, media_server, voice_note)
+    say(app, "DELETE")
+    running_s3.kill()
+    assert say(app, "DELETE ALL") == [replies.PRIVACY_UNAVAILABLE]
+    assert say(app, "MY DATA") == [replies.PRIVACY_UNAVAILABLE]
+    # A first contact while the store is down: the notice cannot be decided, so it is not sent yet...
+    assert say(app, "hello", from_number=OTHER) == [replies.HELP]
+    running_s3.start()
+    [reply] = say(app, "MY DATA")
+    assert reply.startswith("I keep 1 voice message and 0 photos ("), reply
+    assert len(say(app, "hello", from_number=OTHER)) == 2  # ...but with the next message
