@@ -39,6 +39,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -103,9 +104,11 @@ class Lease:
     def record_retry(self, outcomes: Mapping[int, str], delay_s: float) -> None:
         """An attempt left items that must be tried again after ``delay_s``."""
         self.entry.attempts += 1
-        self.entry.due_at = time.time() + delay_s
+        # Kept to the millisecond, rounded down: rounding up could leave an entry due "now" not due for
+        # another half millisecond, and a worker looking at once would pass it over.
+        self.entry.due_at = math.floor((time.time() + delay_s) * 1000) / 1000
         self._append({"attempt": self.entry.attempts, "retry": {str(i): o for i, o in outcomes.items()},
-                      "at": round(time.time(), 3), "due_at": round(self.entry.due_at, 3)})
+                      "at": round(time.time(), 3), "due_at": self.entry.due_at})
 
     def complete(self) -> None:
         """Every item has its final outcome: the entry leaves the spool (then the lease is released)."""
