@@ -42,8 +42,21 @@ CONFIRM_WINDOW = timedelta(minutes=10)
 
 NOTICE = (
     "I keep the voice messages and face photos you send me{retention}. "
-    "Send MY DATA to see what I keep, or DELETE to erase it."
+    "Send {words.my_data} to see what I keep, or {words.delete} to erase it."
 )
+
+
+@dataclass(frozen=True)
+class CommandWords:
+    """What a person types on a channel for each command: the replies name them, so they read right there."""
+
+    my_data: str
+    delete: str
+    delete_all: str
+
+
+# WhatsApp's words (Telegram has its slash commands: gateway.telegram.webhook).
+CHAT_WORDS = CommandWords(my_data="MY DATA", delete="DELETE", delete_all="DELETE ALL")
 
 
 class Command(Enum):
@@ -115,20 +128,19 @@ class Privacy:
         self._store = store
         self._spool = spool
         self._retention_days = retention_days
-        self._notice = notice or NOTICE.format(
-            retention=f" for {retention_days} days" if retention_days else " until you erase them"
-        )
-        if policy_url:
-            self._notice += f" Privacy policy: {policy_url}"
+        self._kept_for = f" for {retention_days} days" if retention_days else " until you erase them"
+        # An operator's own text is sent as written, on every channel; the built-in one names the channel's words.
+        self._custom_notice = notice
+        self._policy = f" Privacy policy: {policy_url}" if policy_url else ""
         self._clock = clock
 
     # -- the chat commands ------------------------------------------------------------------------------
 
-    def answer(self, command: Command, sender: str) -> str:
+    def answer(self, command: Command, sender: str, words: CommandWords = CHAT_WORDS) -> str:
         """The reply to a privacy command from ``sender``; an OSError if the store cannot be read."""
         now = self._clock()
         if command is Command.MY_DATA:
-            return self._my_data(sender)
+            return self._my_data(sender, words)
         if command is Command.DELETE_ALL:
             requested = self._store.marker("erase_requested", sender)
             if requested is not None and timedelta(0) <= now - requested <= CONFIRM_WINDOW:
@@ -136,50 +148,52 @@ class Privacy:
                 return (f"Done: I erased {_count(erased.media, 'file')} I kept for you. "
                         "Anything you send from now on is kept again.")
             # No DELETE before it, or too long ago: ask again rather than erase on a stray message.
-        return self._ask_to_confirm(sender, now)
+        return self._ask_to_confirm(sender, now, words)
 
-    def reply(self, command: Command, sender: str, message_sid: str) -> str:
+    def reply(self, command: Command, sender: str, message_sid: str, words: CommandWords = CHAT_WORDS) -> str:
         """``answer``, or, when the store cannot be reached, the sentence saying so (and a log line): what both
         channels' webhooks send."""
         try:
-            return self.answer(command, sender)
+            return self.answer(command, sender, words)
         except OSError as error:
             logger.error("privacy command failed",
                          extra={"message_sid": message_sid, "error": redact_sender(str(error), sender)})
             return replies.PRIVACY_UNAVAILABLE
 
-    def notice_if_first(self, sender: str, message_sid: str) -> str | None:
+    def notice_if_first(self, sender: str, message_sid: str, words: CommandWords = CHAT_WORDS) -> str | None:
         """``notice``, or None when the store cannot say (the notice then goes out next time)."""
         try:
-            return self.notice(sender)
+            return self.notice(sender, words)
         except OSError as error:
             logger.warning("could not check whether to send the privacy notice",
                            extra={"message_sid": message_sid, "error": redact_sender(str(error), sender)})
             return None
 
-    def notice(self, sender: str) -> str | None:
+    def notice(self, sender: str, words: CommandWords = CHAT_WORDS) -> str | None:
         """The privacy notice, the first time ``sender`` hears from the bot while nothing of theirs is kept."""
         if self._store.marker("noticed", sender) is not None:
             return None
         kept = self._store.holds_any(sender)
         self._store.set_marker("noticed", sender, self._clock())
-        return None if kept else self._notice
+        if kept:
+            return None
+        return (self._custom_notice or NOTICE.format(retention=self._kept_for, words=words)) + self._policy
 
-    def _my_data(self, sender: str) -> str:
+    def _my_data(self, sender: str, words: CommandWords) -> str:
         usage = Usage.of(self._store.list(sender))
         if usage.files == 0:
-            return "I keep nothing of yours. Voice messages and face photos you send me are kept until you erase them."
+            return f"I keep nothing of yours. Voice messages and face photos you send me are kept{self._kept_for}."
         assert usage.first is not None and usage.last is not None
         span = (f"from {usage.first:%Y-%m-%d} to {usage.last:%Y-%m-%d}" if usage.first.date() != usage.last.date()
                 else f"from {usage.first:%Y-%m-%d}")
         retention = f" Each is kept for {self._retention_days} days." if self._retention_days else ""
-        return f"I keep {usage.describe()} of yours, {span}.{retention} Send DELETE to erase them."
+        return f"I keep {usage.describe()} of yours, {span}.{retention} Send {words.delete} to erase them."
 
-    def _ask_to_confirm(self, sender: str, now: datetime) -> str:
+    def _ask_to_confirm(self, sender: str, now: datetime, words: CommandWords) -> str:
         usage = Usage.of(self._store.list(sender))
         self._store.set_marker("erase_requested", sender, now)
         what = usage.describe() if usage.files else "nothing stored yet, and any message still being processed"
-        return f"This will erase {what}. To confirm, send DELETE ALL within 10 minutes."
+        return f"This will erase {what}. To confirm, send {words.delete_all} within 10 minutes."
 
     # -- erasure, export, retention ----------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ bp = Blueprint("webhook", __name__)
 # Left of the budget for writing the reply when waiting for another delivery's lease.
 _REPLY_MARGIN_S = 1.0
 _INTAKE = "mediabot.intake"
-_PRIVACY = "mediabot.privacy"
+# The app's Privacy (gateway.privacy), shared with the Telegram channel.
+PRIVACY = "mediabot.privacy"
 
 
 @bp.record_once
@@ -53,7 +54,7 @@ def _open_spool(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
     )
     spool = state.app.extensions[_INTAKE][0]
     metrics.set_spool_probe(lambda: (spool.depth(), spool.oldest_age_s()))
-    state.app.extensions[_PRIVACY] = Privacy(
+    state.app.extensions[PRIVACY] = Privacy(
         services.store, spool, retention_days=settings.retention_days, notice=settings.privacy_notice,
         policy_url=settings.privacy_policy_url,
     )
@@ -81,7 +82,7 @@ def whatsapp() -> Response:
     except InvalidWebhook as error:
         return _answer(replies.INVALID_MESSAGE, "invalid_message", started, message_sid=claimed_sid, detail=str(error))
 
-    privacy: Privacy = current_app.extensions[_PRIVACY]
+    privacy: Privacy = current_app.extensions[PRIVACY]
     command = parse_command(message.body) if not message.media else None
     if command is not None:
         text = privacy.reply(command, message.sender_id, message.message_sid)
@@ -95,7 +96,7 @@ def whatsapp() -> Response:
                        sender=mask_phone(message.sender_id), message_type=message.message_type)
 
     metrics.record_media_received(message.media)
-    sentences, outcomes = _spool_and_try(message, budget, received_at)
+    sentences, outcomes = spool_and_try(message, budget, received_at)
     return _answer(
         replies.combine(sentences),
         ",".join(outcomes),
@@ -108,7 +109,7 @@ def whatsapp() -> Response:
     )
 
 
-def _spool_and_try(
+def spool_and_try(
     message: InboundMessage, budget: Budget, received_at: datetime, *, form: Mapping[str, str] | None = None,
     channel: str = "whatsapp",
 ) -> tuple[list[str], list[str]]:

@@ -29,12 +29,12 @@ from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.config import TELEGRAM_WEBHOOK_PATH, is_loopback_host
 from gateway.inbound import InvalidWebhook
-from gateway.privacy import Command, Privacy, parse_command
+from gateway.privacy import Command, CommandWords, Privacy, parse_command
 from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.telegram.botapi import send_message_params
 from gateway.telegram.updates import UNSUPPORTED_KINDS, TelegramMessage, parse_update
-from gateway.webhook import _PRIVACY, _spool_and_try
+from gateway.webhook import PRIVACY, spool_and_try
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 # Telegram's commands for the privacy words (WhatsApp's MY DATA / DELETE / DELETE ALL work here too).
 _COMMANDS = {"/mydata": Command.MY_DATA, "/delete": Command.DELETE, "/delete_all": Command.DELETE_ALL}
+# What the privacy replies tell people to send here.
+SLASH_WORDS = CommandWords(my_data="/mydata", delete="/delete", delete_all="/delete_all")
 HELP = (f"{replies.HELP} Send /mydata to see what I keep of yours, or /delete to erase it.")
 PRIVATE_ONLY = "To see or erase what I keep of yours, send me /mydata or /delete in a private chat."
 
@@ -81,13 +83,6 @@ class AlbumReplies:
 @bp.record_once
 def _albums(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
     state.app.extensions[_ALBUMS] = AlbumReplies()
-
-
-def telegram_wording(text: str) -> str:
-    """gateway.privacy's sentences name WhatsApp's words; on Telegram the commands are what people tap."""
-    return (text.replace("DELETE ALL", "/delete_all").replace("MY DATA", "/mydata")
-            .replace("send DELETE", "send /delete").replace("Send DELETE", "Send /delete")
-            .replace("or DELETE", "or /delete"))
 
 
 def command_of(text: str) -> str | None:
@@ -127,7 +122,7 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
     message = found.inbound
     fields = {"message_sid": message.message_sid, "sender": mask_phone(message.sender_id),
               "message_type": message.message_type}
-    privacy: Privacy = current_app.extensions[_PRIVACY]
+    privacy: Privacy = current_app.extensions[PRIVACY]
     command = command_of(message.body) if not message.media else None
     if command in ("/start", "/help"):
         return _answer(found.chat_id, found.message_id, HELP, "help", started, **fields)
@@ -136,10 +131,10 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
         # In a group, the answer (how much of yours I keep; erase it?) would be read by everyone there.
         return _answer(found.chat_id, found.message_id, PRIVATE_ONLY, "privacy_elsewhere", started, **fields)
     if privacy_command is not None:
-        text = privacy.reply(privacy_command, message.sender_id, message.message_sid)
-        return _answer(found.chat_id, found.message_id, telegram_wording(text), f"privacy_{privacy_command.value}",
+        text = privacy.reply(privacy_command, message.sender_id, message.message_sid, SLASH_WORDS)
+        return _answer(found.chat_id, found.message_id, text, f"privacy_{privacy_command.value}",
                        started, **fields)
-    notice = _notice(privacy, message.sender_id, message.message_sid)
+    notice = privacy.notice_if_first(message.sender_id, message.message_sid, SLASH_WORDS)
 
     if message.message_type in UNSUPPORTED_KINDS:
         return _answer(found.chat_id, found.message_id, replies.unsupported(UNSUPPORTED_KINDS[message.message_type]),
@@ -149,7 +144,7 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
 
     metrics.record_media_received(message.media)
     budget = Budget(services.settings.webhook_budget_s)
-    sentences, outcomes = _spool_and_try(message, budget, received_at, form=found.form, channel="telegram")
+    sentences, outcomes = spool_and_try(message, budget, received_at, form=found.form, channel="telegram")
     text = replies.combine(sentences)
     album = found.form.get("MediaGroupId") or ""
     said_before = bool(album) and not current_app.extensions[_ALBUMS].first(found.chat_id, album, text)
@@ -170,11 +165,6 @@ def _refusal(secret: str, development: bool) -> str | None:
     if development and not is_loopback_host(request.remote_addr or ""):
         return f"development secret: updates are accepted from this machine only, not {request.remote_addr}"
     return None
-
-
-def _notice(privacy: Privacy, sender: str, message_sid: str) -> str | None:
-    notice = privacy.notice_if_first(sender, message_sid)
-    return telegram_wording(notice) if notice else None
 
 
 def _answer(chat_id: int | None, message_id: int | None, text: str, outcome: str, started: float, *,
