@@ -7,7 +7,10 @@ dir, links the already-built venv in as `.venv` (the only shortcut; the recipe i
 runs `make run`, uses the simulator the way the README shows, presses Ctrl-C and checks that every process
 of the stack is gone and the files are where the README says.
 
-The stack listens on the README's default ports (8080 and the services' own), so nothing else may hold them.
+The gateway and Triton listen on the README's default ports (8080, 8000-8002), so nothing else may hold them.
+The audio and vision services are moved to free ports through their documented settings (AUDIO_LISTEN and
+AUDIO_SERVICE_ADDR, VISION_LISTEN and VISION_SERVICE_ADDR): their defaults, 50051 and 50052, lie in Linux's
+ephemeral port range, where a server this same test session started on port 0 may already sit.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 READY_URL = "http://127.0.0.1:8080/readyz"
 # What `make run` listens on by default: gateway, audio, vision, Triton HTTP/gRPC/metrics.
-DEFAULT_PORTS = (8080, 50051, 50052, 8000, 8001, 8002)
+DEFAULT_PORTS = (8080, 8000, 8001, 8002)
 # Building the model and loading it into Triton on a busy 2-core machine.
 READY_TIMEOUT_S = 300
 
@@ -111,6 +114,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -182,6 +191,9 @@ def make_run(tmp_path: Path) -> Iterator[Callable[[str | None], Run]]:
         env = {k: v for k, v in os.environ.items() if k not in _project_variables()}
         env.pop("PYTHONPATH", None)
         env.pop("MAKEFLAGS", None)
+        audio, vision = _free_port(), _free_port()
+        env |= {"AUDIO_LISTEN": f"127.0.0.1:{audio}", "AUDIO_SERVICE_ADDR": f"127.0.0.1:{audio}",
+                "VISION_LISTEN": f"127.0.0.1:{vision}", "VISION_SERVICE_ADDR": f"127.0.0.1:{vision}"}
         log = tmp_path / "make-run.log"
         command = _quick_start_commands()[0].split()
         with log.open("wb") as out:
