@@ -60,6 +60,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 STORAGE_BACKENDS = ("filesystem", "minio")
 
+# Where an accepted webhook waits for the worker: files under SPOOL_DIR (one machine, `make run`) or a NATS
+# JetStream stream (compose and k8s, where gateways and workers are separate, stateless replicas).
+INTAKE_BACKENDS = ("spool", "jetstream")
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+# JetStream keeps 1, 3 or 5 copies in practice (a Raft group needs a majority); it refuses more than 5.
+MAX_NATS_REPLICAS = 5
+
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
@@ -140,6 +147,13 @@ class Settings:
     # How often the worker looks for due entries, and the time one background attempt may take.
     spool_poll_s: float = 1.0
     spool_attempt_budget_s: float = 30.0
+    # INTAKE: "spool" (the files above) or "jetstream" (a stream on the NATS servers NATS_URL names, with
+    # NATS_REPLICAS copies of each message: 3 on the k8s cluster, 1 on a single server).
+    intake: str = "spool"
+    nats_url: str = DEFAULT_NATS_URL
+    nats_replicas: int = 1
+    # The worker's own HTTP port for GET /healthz and GET /metrics (probes, Prometheus); 0 = none.
+    worker_metrics_port: int = 0
     # Security (issue 6): allowlisted media hosts whose name resolves to a private, loopback or link-local
     # address are refused unless this is set (SSRF via DNS); hosts written as loopback names are exempt.
     media_allow_private_addresses: bool = False
@@ -252,6 +266,7 @@ class Settings:
             spool_give_up_after_s=_float(get("SPOOL_GIVE_UP_AFTER_S"), "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
             spool_poll_s=_float(get("SPOOL_POLL_S"), "SPOOL_POLL_S", 1.0),
             spool_attempt_budget_s=_float(get("SPOOL_ATTEMPT_BUDGET_S"), "SPOOL_ATTEMPT_BUDGET_S", 30.0),
+            **_intake(get),
             media_allow_private_addresses=_bool(
                 get("MEDIA_ALLOW_PRIVATE_ADDRESSES"), "MEDIA_ALLOW_PRIVATE_ADDRESSES", False
             ),
@@ -351,6 +366,37 @@ def _telegram(get: Callable[[str], str | None], public_base_url: str, trust_prox
         "telegram_webhook_secret": secret,
         "telegram_api_base_url": f"{parts.scheme}://{parts.netloc}",
         "telegram_dev_credentials": development,
+    }
+
+
+def _intake(get: Callable[[str], str | None]) -> dict[str, object]:
+    """INTAKE and the NATS_* settings, checked for form only: reaching the servers is the intake's job."""
+    intake = (get("INTAKE") or "spool").lower()
+    if intake not in INTAKE_BACKENDS:
+        raise ConfigError(f"INTAKE must be one of {', '.join(INTAKE_BACKENDS)}, got {intake!r}")
+    nats_url = get("NATS_URL") or DEFAULT_NATS_URL
+    servers = [server.strip() for server in nats_url.split(",")]
+    for server in servers:
+        parts = urlsplit(server)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path not in ("", "/") or port == -1:
+            raise ConfigError(
+                f"NATS_URL must be nats://host[:port] (or tls://), several separated by commas, got {server!r}"
+            )
+    replicas = _int(get("NATS_REPLICAS"), "NATS_REPLICAS", 1, minimum=1)
+    if replicas > MAX_NATS_REPLICAS:
+        raise ConfigError(f"NATS_REPLICAS must be 1-{MAX_NATS_REPLICAS} (JetStream's own cap), got {replicas}")
+    metrics_port = _int(get("WORKER_METRICS_PORT"), "WORKER_METRICS_PORT", 0, minimum=0)
+    if metrics_port > 65535:
+        raise ConfigError(f"WORKER_METRICS_PORT must be a TCP port (1-65535), or 0 for none, got {metrics_port}")
+    return {
+        "intake": intake,
+        "nats_url": ",".join(servers),
+        "nats_replicas": replicas,
+        "worker_metrics_port": metrics_port,
     }
 
 
