@@ -4,8 +4,10 @@
 # 1. config.pbtxt (KIND_CPU) gets NUM_THREADS = CPU_THREADS / instance count: in a container, model.py's
 #    default would follow the whole node, while the CPU limit is a quota; more torch threads than the
 #    quota allows only adds contention. The committed value (1, for `make run` on 2 cores) is replaced.
-# 2. configs/gpu.pbtxt: the same configuration with KIND_GPU, which Triton loads instead of config.pbtxt
-#    when started with --model-config-name=gpu (docker-compose.gpu.yml, k8s/overlays/gpu).
+# 2. configs/gpu.pbtxt: the same configuration with KIND_GPU and count 1, which Triton loads instead of
+#    config.pbtxt when started with --model-config-name=gpu (docker-compose.gpu.yml, k8s/overlays/gpu). On a
+#    GPU, count is per GPU: one instance keeps the GPU busy (dynamic batching fills it), where the CPU's
+#    several single-threaded instances would each hold another copy of the network and a CUDA context.
 # Fails, rather than writing a wrong configuration, if config.pbtxt no longer looks as expected.
 set -eu
 model_dir=$1
@@ -40,4 +42,6 @@ awk -v threads="$threads" '
 ' "$config" > "$config.tmp" && mv "$config.tmp" "$config"
 
 mkdir -p "$model_dir/configs"
-sed '/^[[:space:]]*#/!s/kind: KIND_CPU/kind: KIND_GPU/' "$config" > "$model_dir/configs/gpu.pbtxt"
+sed -e '/^[[:space:]]*#/!s/kind: KIND_CPU/kind: KIND_GPU/' \
+    -e '/^[[:space:]]*#/!s/^\([[:space:]]*count:[[:space:]]*\)[0-9][0-9]*/\11/' \
+    "$config" > "$model_dir/configs/gpu.pbtxt"

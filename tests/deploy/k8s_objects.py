@@ -29,7 +29,7 @@ def one(docs: list[Obj], kind: str, name: str) -> Obj:
 
 
 def workload(docs: list[Obj], name: str) -> Obj:
-    """The Deployment or StatefulSet called ``name`` (the gateway is a StatefulSet for its spool claims)."""
+    """The Deployment, StatefulSet or Job called ``name``."""
     found = [doc for doc in workloads(docs) if doc["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one workload {name}, found {len(found)}"
     return found[0]
@@ -78,6 +78,34 @@ def selected_workloads(docs: list[Obj], selector: dict[str, str]) -> list[Obj]:
     return [workload for workload in workloads(docs) if selects(selector, workload)]
 
 
+def label_selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions, as NetworkPolicies and PDBs use) against pod labels.
+    An empty selector matches nothing here: every selector in these manifests names its pods."""
+    match_labels = selector.get("matchLabels", {})
+    expressions = selector.get("matchExpressions", [])
+    if not match_labels and not expressions:
+        return False
+    if any(labels.get(key) != value for key, value in match_labels.items()):
+        return False
+    for expression in expressions:
+        operator, key, values = expression["operator"], expression["key"], expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+        assert operator in ("In", "NotIn", "Exists", "DoesNotExist"), operator
+    return True
+
+
+def workloads_selected_by(docs: list[Obj], selector: Obj) -> list[Obj]:
+    """The workloads whose pods a LabelSelector selects."""
+    return [w for w in workloads(docs) if label_selector_matches(selector, w["spec"]["template"]["metadata"].get("labels", {}))]
+
+
 def service_target(docs: list[Obj], service_name: str, port: int) -> tuple[Obj, int]:
     """The one workload behind Service ``service_name`` and the container port its ``port`` reaches."""
     service = one(docs, "Service", service_name)
@@ -115,6 +143,9 @@ def resolved_env(docs: list[Obj], container: Obj) -> dict[str, str]:
                 continue  # the kubelet leaves an optional key that is not there unset (Telegram's, say)
             assert ref["key"] in data, f"{item['name']}: Secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = base64.b64decode(data[ref["key"]]).decode("utf-8")
+        elif "fieldRef" in source:
+            # The downward API: known only in the running pod, so it stands here as the field it names.
+            env[item["name"]] = f"$({source['fieldRef']['fieldPath']})"
         else:
             raise AssertionError(f"{item['name']}: unsupported valueFrom {source}")
     return env
@@ -131,3 +162,15 @@ def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     assert host and port.isdigit(), f"{address!r} is not host:port"
     return host, int(port)
+
+
+def dns_target(target: str) -> tuple[str, str, int]:
+    """``dns:///name.namespace.svc.cluster.local:port`` (a gRPC target for its dns resolver) as (name, namespace,
+    port): the in-cluster, fully qualified name of a Service."""
+    scheme, _, rest = target.partition(":///")
+    assert scheme == "dns" and rest, f"{target!r} is not a dns:/// target"
+    host, port = split_address(rest)
+    name, namespace, svc, cluster, local = host.split(".")
+    assert (svc, cluster, local) == ("svc", "cluster", "local"), f"{target!r}: not <service>.<namespace>.svc.cluster.local"
+    return name, namespace, port
+

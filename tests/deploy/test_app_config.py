@@ -19,9 +19,9 @@ Docs = dict[str, list[dict[str, Any]]]
 
 # Workload (k8s Deployment / compose service) -> the package whose config.py reads its environment.
 PACKAGES = {"gateway": "gateway", "audio": "audio_service", "vision": "vision_service"}
-# Compose service / k8s (workload, container) -> package: the spool worker reads the gateway's Settings.
+# Compose service / k8s (workload, container) -> package: the intake worker reads the gateway's Settings.
 COMPOSE_SERVICES = {**PACKAGES, "worker": "gateway"}
-K8S_CONTAINERS = {("gateway", "gateway"): "gateway", ("gateway", "worker"): "gateway",
+K8S_CONTAINERS = {("gateway", "gateway"): "gateway", ("worker", "worker"): "gateway",
                   ("audio", "audio"): "audio_service", ("vision", "vision"): "vision_service"}
 # Read by a library rather than by config.py, each with the module of ours that relies on it.
 LIBRARY_VARIABLES = {"gateway": {"PROMETHEUS_MULTIPROC_DIR": "gateway/metrics.py"}}

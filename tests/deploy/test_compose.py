@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from urllib.parse import urlsplit
+
 import jsonschema
 import pytest
 import yaml
@@ -71,9 +73,9 @@ def test_docker_compose_refuses_to_render_without_each_required_value(tmp_path: 
     assert f"set {missing} in .env" in result.stderr, result.stderr
 
 
-# Services that serve no port and keep no heartbeat, so no healthcheck could say anything true about them
-# (the spool worker: `restart` brings it back if it exits). Nothing may wait for their health.
-UNCHECKED = {"worker"}
+# Services that serve no port and keep no heartbeat, so no healthcheck could say anything true about them.
+# Nothing may wait for their health. (The intake worker has its /healthz port now, and is checked.)
+UNCHECKED: set[str] = set()
 # One-shot services: they exit when done; what depends on them waits for a successful exit, and `up --wait`
 # (make up) only returns once a running service has adopted them that way.
 ONE_SHOT = {"minio-init"}
@@ -109,7 +111,7 @@ def test_dependencies_wait_for_health(compose: Model) -> None:
                 continue
             assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
             assert "healthcheck" in compose["services"][dependency]
-    assert set(compose["services"]["gateway"]["depends_on"]) == {"audio", "vision", "minio", "minio-init"}
+    assert set(compose["services"]["gateway"]["depends_on"]) == {"nats", "audio", "vision", "minio", "minio-init"}
     assert compose["services"]["worker"]["depends_on"] == compose["services"]["gateway"]["depends_on"]
     assert set(compose["services"]["minio-init"]["depends_on"]) == {"minio"}
     assert set(compose["services"]["vision"]["depends_on"]) == {"triton"}
@@ -130,7 +132,7 @@ def test_every_service_has_a_memory_limit(compose: Model) -> None:
 
 
 def test_own_services_run_hardened(compose: Model) -> None:
-    for name in (*OWN_SERVICES, "worker", "minio-init"):
+    for name in (*OWN_SERVICES, "worker", "minio-init", "nats"):
         service = compose["services"][name]
         assert service.get("read_only") is True, name
         assert service.get("cap_drop") == ["ALL"], name
@@ -166,6 +168,8 @@ def test_addresses_and_healthchecks_use_the_ports_services_listen_on(compose: Mo
     assert split_address(gateway["MINIO_ENDPOINT"]) == ("minio", 9000)
     assert "9000" in services["minio"]["expose"]
     assert "http://127.0.0.1:8080/readyz" in " ".join(services["gateway"]["healthcheck"]["test"])
+    assert urlsplit(gateway["NATS_URL"]).hostname == "nats" and urlsplit(gateway["NATS_URL"]).port == 4222
+    assert "4222" in services["nats"]["expose"]
     assert "/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
     init = services["minio-init"]["environment"]
     assert init["MINIO_URL"] == f"http://{gateway['MINIO_ENDPOINT']}" and gateway["MINIO_SECURE"] == "0"
@@ -185,8 +189,8 @@ def test_the_gateway_runs_as_the_bucket_limited_user_not_minios_root(compose: Mo
         assert (env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"], env["MINIO_BUCKET"]) == (
             init["MINIO_ACCESS_KEY"], init["MINIO_SECRET_KEY"], init["MINIO_BUCKET"])
     raw = tools.COMPOSE_FILE.read_text(encoding="utf-8")
-    gateway_block = raw[raw.index("environment: &gateway-environment"):raw.index("tmpfs:", raw.index("environment: &gateway-environment"))]
-    assert "MINIO_ROOT" not in gateway_block
+    shared_block = raw[raw.index("x-app-environment: &app-environment"):raw.index("\nservices:")]
+    assert "MINIO_ROOT" not in shared_block
 
 
 def test_minio_init_runs_the_k8s_jobs_script_and_policy(compose: Model) -> None:
@@ -206,7 +210,7 @@ def test_backend_is_private_and_only_the_gateway_bridges_it(compose: Model) -> N
     members = {name: set(service["networks"]) for name, service in compose["services"].items()}
     assert members["gateway"] == {"edge", "backend"}
     assert members["worker"] == {"edge", "backend"}, "the worker downloads media and calls the services, as the gateway does"
-    for name in ("audio", "vision", "triton", "minio-init"):
+    for name in ("nats", "audio", "vision", "triton", "minio-init"):
         assert members[name] == {"backend"}, name
     assert members["ngrok"] == {"edge"}
 

@@ -19,6 +19,7 @@ from tests.deploy.k8s_objects import (
     all_containers,
     container_ports,
     containers,
+    dns_target,
     of_kind,
     one,
     pod_spec,
@@ -28,21 +29,43 @@ from tests.deploy.k8s_objects import (
     split_address,
     workload as workload_named,
     workloads,
+    workloads_selected_by,
 )
 
 Docs = dict[str, list[dict[str, Any]]]
 
 # The workloads built from this repository, and their gRPC ports (probed with grpc.health.v1).
-OWN_IMAGES = {"gateway": "mediabot/gateway", "audio": "mediabot/audio", "vision": "mediabot/vision", "triton": "mediabot/triton"}
+OWN_IMAGES = {"gateway": "mediabot/gateway", "worker": "mediabot/gateway", "audio": "mediabot/audio", "vision": "mediabot/vision",
+              "triton": "mediabot/triton"}
 GRPC_SERVICES = {"audio": 50051, "vision": 50052}
 # Each service's Prometheus port (its *_METRICS_PORT); the gateway serves /metrics on its HTTP port.
-METRICS_PORTS = {"gateway": 8080, "audio": 9101, "vision": 9102, "triton": 8002}
-# Containers that serve no port and keep no heartbeat, so no probe could say anything true about them
-# (the spool worker: if it exits the kubelet restarts it). Each must really have no port.
-# The minio-init Job runs to completion and serves nothing either.
-UNPROBED = {("gateway", "worker"), ("minio-init", "minio-init")}
-# ConfigMap keys that are addresses, and the workload that dials each.
-ADDRESSES = {"AUDIO_SERVICE_ADDR": "gateway", "VISION_SERVICE_ADDR": "gateway", "MINIO_ENDPOINT": "gateway", "TRITON_URL": "vision"}
+METRICS_PORTS = {"gateway": 8080, "worker": 9103, "audio": 9101, "vision": 9102, "triton": 8002}
+# Containers that serve no port, so no probe could say anything true about them: the minio-init Job runs to
+# completion. It must really have no port.
+UNPROBED = {("minio-init", "minio-init")}
+# ConfigMap keys that are addresses, and the workloads that dial each (the gateway and the worker read the same
+# Settings and both call audio, vision, MinIO and NATS).
+ADDRESSES = {"AUDIO_SERVICE_ADDR": ("gateway", "worker"), "VISION_SERVICE_ADDR": ("gateway", "worker"),
+             "MINIO_ENDPOINT": ("gateway", "worker"), "NATS_URL": ("gateway", "worker"), "TRITON_URL": ("vision",)}
+
+
+def dialed(docs: list[dict[str, Any]], address: str) -> list[tuple[dict[str, Any], int]]:
+    """The workload and container port each server an address names reaches: host:port through a Service,
+    nats://host:port[,...] likewise, and dns:///<service>.<namespace>.svc.cluster.local:port straight to the pods
+    of a headless Service (gRPC's dns resolver gets their addresses, so no Service port mapping applies)."""
+    if address.startswith("dns:///"):
+        name, namespace, port = dns_target(address)
+        service = one(docs, "Service", name)
+        assert service["metadata"]["namespace"] == namespace, f"{address}: the Service is in {service['metadata']['namespace']}"
+        assert service["spec"].get("clusterIP") == "None", f"{address}: dns:/// needs a headless Service to see every pod"
+        assert not service["spec"].get("publishNotReadyAddresses"), f"{address}: only ready pods may be resolved"
+        workload, container_port = service_target(docs, name, port)
+        assert container_port == port, f"{address}: a headless Service's clients dial the pod port itself"
+        return [(workload, container_port)]
+    if address.startswith(("nats://", "tls://")):
+        servers = [urlsplit(server) for server in address.split(",")]
+        return [service_target(docs, server.hostname or "", server.port or 4222) for server in servers]
+    return [service_target(docs, *split_address(address))]
 
 
 def _quantity(value: str | int) -> float:
@@ -184,13 +207,12 @@ def _run_minio_init(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_template_applied_unedited_runs_nothing(tmp_path) -> None:  # noqa: ANN001
-    """Rendered from the template, the gateway (and its worker) refuse to start and the minio-init Job fails,
+    """Rendered from the template, the gateway and the worker refuse to start and the minio-init Job fails,
     each naming a placeholder: no pod runs on values anyone can read in this repository."""
     from gateway.config import ConfigError, Settings
 
     docs = tools.kustomize(tools.copy_k8s(tmp_path) / "overlays" / "gpu")
-    gateway = workload_named(docs, "gateway")
-    for container in containers(gateway):
+    for container in [*containers(workload_named(docs, "gateway")), *containers(workload_named(docs, "worker"))]:
         with pytest.raises(ConfigError, match="still holds the template's REPLACE_ME placeholder"):
             Settings.from_env(resolved_env(docs, container))
     (job,) = containers(workload_named(docs, "minio-init"))
@@ -244,18 +266,31 @@ def test_services_select_one_workload_and_reach_its_ports(rendered: Docs, target
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_configured_addresses_reach_the_listening_port(rendered: Docs, target: str) -> None:
-    """e.g. AUDIO_SERVICE_ADDR=audio:50051 is Service audio's port, and it lands on the port audio listens on."""
+    """e.g. AUDIO_SERVICE_ADDR=dns:///audio-headless.mediabot.svc.cluster.local:50051 resolves to audio's pods on
+    the port audio listens on, and NATS_URL=nats://nats:4222 is Service nats's client port."""
     docs = rendered[target]
     config = one(docs, "ConfigMap", "mediabot-config")["data"]
-    for key, client in ADDRESSES.items():
-        host, port = split_address(config[key])
-        workload, container_port = service_target(docs, host, port)
-        env = resolved_env(docs, containers(workload)[0])
-        listen = {"audio": "AUDIO_LISTEN", "vision": "VISION_LISTEN"}.get(workload["metadata"]["name"])
-        if listen:
-            assert split_address(env[listen]) == ("0.0.0.0", container_port), f"{key}: {listen}={env[listen]}"
-        for dialer in containers(workload_named(docs, client)):  # the gateway's spool worker dials them too
-            assert key in resolved_env(docs, dialer), f"{client}/{dialer['name']} does not get {key}"
+    for key, clients in ADDRESSES.items():
+        for workload, container_port in dialed(docs, config[key]):
+            env = resolved_env(docs, containers(workload)[0])
+            listen = {"audio": "AUDIO_LISTEN", "vision": "VISION_LISTEN"}.get(workload["metadata"]["name"])
+            if listen:
+                assert split_address(env[listen]) == ("0.0.0.0", container_port), f"{key}: {listen}={env[listen]}"
+        for client in clients:
+            for dialer in containers(workload_named(docs, client)):
+                assert key in resolved_env(docs, dialer), f"{client}/{dialer['name']} does not get {key}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_audio_and_vision_are_dialled_through_headless_services_only(rendered: Docs, target: str) -> None:
+    """round_robin over every replica needs every replica's address: no ClusterIP Service may front them."""
+    docs = rendered[target]
+    config = one(docs, "ConfigMap", "mediabot-config")["data"]
+    for key, name in (("AUDIO_SERVICE_ADDR", "audio"), ("VISION_SERVICE_ADDR", "vision")):
+        assert config[key].startswith("dns:///"), key
+        assert dns_target(config[key])[0] == f"{name}-headless"
+        fronting = [s for s in of_kind(docs, "Service") if s["spec"]["selector"] == {"app.kubernetes.io/name": name}]
+        assert [s["metadata"]["name"] for s in fronting] == [f"{name}-headless"], f"{name}: {len(fronting)} Services"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -267,7 +302,7 @@ def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, tar
 
     allowed: set[tuple[str, str, int]] = set()  # (source, destination workload, port)
     for policy in policies:
-        destinations = selected_workloads(docs, policy["spec"]["podSelector"].get("matchLabels", {}))
+        destinations = workloads_selected_by(docs, policy["spec"]["podSelector"])
         for rule in policy["spec"].get("ingress", []):
             for peer in rule["from"]:
                 if "podSelector" in peer:
@@ -281,11 +316,12 @@ def test_network_policies_allow_exactly_the_configured_paths(rendered: Docs, tar
                         allowed |= {(source, destination["metadata"]["name"], port["port"]) for source in sources}
 
     config = one(docs, "ConfigMap", "mediabot-config")["data"]
-    needed = {("ns:ingress-nginx", "gateway", 8080), ("minio-init", "minio", 9000)}
+    # The NATS servers' routes among themselves; their monitoring port (8222) is reached by no one here.
+    needed = {("ns:ingress-nginx", "gateway", 8080), ("minio-init", "minio", 9000), ("nats", "nats", 6222)}
     needed |= {("ns:monitoring", name, port) for name, port in METRICS_PORTS.items()}
-    for key, client in ADDRESSES.items():
-        workload, port = service_target(docs, *split_address(config[key]))
-        needed.add((client, workload["metadata"]["name"], port))
+    for key, clients in ADDRESSES.items():
+        for workload, port in dialed(docs, config[key]):
+            needed |= {(client, workload["metadata"]["name"], port) for client in clients}
     assert allowed == needed
 
 
@@ -311,16 +347,19 @@ def test_ingress_serves_only_the_webhooks_at_the_public_url(rendered: Docs, targ
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_autoscalers_cover_the_stateless_services(rendered: Docs, target: str) -> None:
+    """The HPA owns each count: a replicas field beside it would be reset by every `kubectl apply`."""
     docs = rendered[target]
     scaled = {}
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
         ref = hpa["spec"]["scaleTargetRef"]
         deployment = one(docs, ref["kind"], ref["name"])
-        assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        assert ref["kind"] == "Deployment", f"{ref['name']}: only stateless Deployments are autoscaled"
+        assert "replicas" not in deployment["spec"], f"{ref['name']} sets replicas while an HPA owns the count"
+        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], ref["name"]
         (metric,) = hpa["spec"]["metrics"]
         assert metric["resource"]["name"] == "cpu"  # needs the CPU requests checked above
         scaled[ref["name"]] = hpa
-    assert set(scaled) == {"gateway", "audio", "vision"}
+    assert set(scaled) == {"gateway", "worker", "audio", "vision"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -353,9 +392,12 @@ def test_gpu_targets_put_triton_on_a_gpu_with_the_gpu_model_config(rendered: Doc
     triton = _triton(rendered[target])
     container = containers(triton)[0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert "--model-config-name=gpu" in container["args"]
     spec = pod_spec(triton)
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # The device plugin's resource alone places it: a node label only the GPU Operator sets (nvidia.com/gpu.present)
+    # would leave it Pending on GKE, EKS or AKS with their plain device plugin.
+    assert "nodeSelector" not in spec and "affinity" not in spec, "no node label may be required for the GPU"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
 
 
@@ -405,12 +447,11 @@ def test_gateway_egress_is_dns_its_services_and_https_to_public_addresses(render
     import ipaddress
 
     docs = rendered[target]
-    gateway = workload_named(docs, "gateway")
+    apps = [workload_named(docs, "gateway"), workload_named(docs, "worker")]
     egress = [p for p in of_kind(docs, "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
-    selecting = [p for p in egress if selected_workloads(docs, p["spec"]["podSelector"].get("matchLabels", {})) == [gateway]]
-    assert len(selecting) == 1, "one egress policy for the gateway pod (its spool worker shares it)"
-    assert {c["name"] for c in containers(gateway)} == {"gateway", "worker"}
-    rules = selecting[0]["spec"]["egress"]
+    assert len(egress) == 1, "one egress policy, for the gateway and the worker"
+    assert sorted(workloads_selected_by(docs, egress[0]["spec"]["podSelector"]), key=lambda w: w["metadata"]["name"]) == apps
+    rules = egress[0]["spec"]["egress"]
 
     allowed_pods: set[tuple[str, int]] = set()
     dns = public = None
@@ -434,11 +475,12 @@ def test_gateway_egress_is_dns_its_services_and_https_to_public_addresses(render
     assert dns == {(53, "UDP"), (53, "TCP")}
 
     config = one(docs, "ConfigMap", "mediabot-config")["data"]
-    dialed = {
-        (service_target(docs, *split_address(config[key]))[0]["metadata"]["name"], service_target(docs, *split_address(config[key]))[1])
-        for key, client in ADDRESSES.items() if client == "gateway"
+    reached = {
+        (workload["metadata"]["name"], port)
+        for key, clients in ADDRESSES.items() if "gateway" in clients
+        for workload, port in dialed(docs, config[key])
     }
-    assert allowed_pods == dialed == {("audio", 50051), ("vision", 50052), ("minio", 9000)}
+    assert allowed_pods == reached == {("audio", 50051), ("vision", 50052), ("minio", 9000), ("nats", 4222)}
 
     assert public is not None and set(public) == {4, 6}
     assert public[4]["cidr"] == "0.0.0.0/0" and set(public[4]["except"]) >= PRIVATE_V4
@@ -456,7 +498,7 @@ def test_the_gateway_never_gets_minios_root_credentials(rendered: Docs, target: 
     """The gateway and worker run as the bucket-limited user the minio-init Job creates; root stays with MinIO."""
     docs = rendered[target]
     root_keys = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
-    for container in containers(workload_named(docs, "gateway")):
+    for container in [*containers(workload_named(docs, "gateway")), *containers(workload_named(docs, "worker"))]:
         refs = {item["valueFrom"]["secretKeyRef"]["key"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
         assert not refs & root_keys and not {item["name"] for item in container["env"]} & root_keys, container["name"]
         assert refs == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY",

