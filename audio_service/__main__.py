@@ -1,5 +1,10 @@
-"""``python -m audio_service``: run the audio gRPC server configured from the environment."""
+"""``python -m audio_service``: the audio gRPC server configured from the environment, until SIGTERM."""
 
-from audio_service.server import serve
+import sys
 
-serve()
+from audio_service.config import ConfigError, Settings
+from audio_service.server import create_server
+from mediabot.grpc_server import serve
+
+if __name__ == "__main__":
+    sys.exit(serve("audio", Settings.from_env, create_server, config_errors=(ConfigError,)))

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from audio_service import limits
+from mediabot import limits
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -22,15 +22,19 @@ class Settings:
     # host:port to bind. Loopback by default so a dev machine never exposes it; containers set 0.0.0.0:50051.
     listen: str = "127.0.0.1:50051"
     # WhatsApp refuses media over 16 MiB, so a bigger input is not a voice note.
-    max_input_bytes: int = limits.DEFAULT_MAX_INPUT_BYTES
-    # Longest audio accepted, enforced while decoding (a small file can expand to hours).
-    max_duration_s: float = limits.DEFAULT_MAX_DURATION_S
+    max_input_bytes: int = limits.DEFAULT_MAX_MEDIA_BYTES
+    # Longest audio accepted, enforced while decoding (a small file can expand to hours). The gateway reads the
+    # same variable, with the same default, to size the WAV it receives.
+    max_duration_s: float = limits.DEFAULT_MAX_AUDIO_DURATION_S
     # Conversions running at once; each is one ffmpeg process, so more than the CPU count only adds latency.
     workers: int = os.cpu_count() or 1
     # Calls queued beyond the running ones before new ones are refused with RESOURCE_EXHAUSTED.
     max_queued: int = 16
     # SIGTERM: how long in-flight calls get to finish before the server cancels them.
     grace_s: float = 10.0
+    # Connections are closed gracefully after about this long, so clients resolve the service name again and
+    # spread their calls over new replicas (mediabot.grpc_server); 0 = never.
+    max_connection_age_s: float = 300.0
     log_level: str = "INFO"
     # The ffmpeg binary (a name on PATH or a path).
     ffmpeg: str = "ffmpeg"
@@ -59,6 +63,7 @@ class Settings:
             workers=_int(env, "AUDIO_WORKERS", defaults.workers, minimum=1),
             max_queued=_int(env, "AUDIO_MAX_QUEUED", defaults.max_queued, minimum=0),
             grace_s=_float(env, "AUDIO_GRACE_S", defaults.grace_s, minimum=0.0),
+            max_connection_age_s=_float(env, "AUDIO_MAX_CONNECTION_AGE_S", defaults.max_connection_age_s, minimum=0.0),
             log_level=_text(env, "LOG_LEVEL", defaults.log_level).upper(),
             ffmpeg=_text(env, "AUDIO_FFMPEG", defaults.ffmpeg),
             tmp_dir=env.get("AUDIO_TMP_DIR") or None,

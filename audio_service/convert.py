@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydub import AudioSegment
 
-from audio_service import limits
+from mediabot import limits
 
 # Demuxers ffmpeg may pick (matched against its names, e.g. "mov" covers "mov,mp4,m4a,3gp,3g2,mj2" and
 # "matroska" covers webm). Anything else is refused before decoding: besides images and text this keeps out
@@ -159,8 +159,8 @@ def ogg_is_complete(data: bytes) -> bool:
 class AudioConverter:
     """Converts bytes to WAV within the configured limits; holds no state between calls, so it is thread-safe."""
 
-    max_input_bytes: int = limits.DEFAULT_MAX_INPUT_BYTES
-    max_duration_s: float = limits.DEFAULT_MAX_DURATION_S
+    max_input_bytes: int = limits.DEFAULT_MAX_MEDIA_BYTES
+    max_duration_s: float = limits.DEFAULT_MAX_AUDIO_DURATION_S
     ffmpeg: str = "ffmpeg"
     # Parent of the per-call private directories; None means the system's temp directory (TMPDIR).
     tmp_dir: str | None = None

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from concurrent import futures
-from types import FrameType
 from typing import NamedTuple
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from audio_service import limits
-from audio_service.metrics import interceptors, start_metrics_server
-from audio_service.config import ConfigError, Settings
+from audio_service.config import Settings
 from audio_service.convert import (
     AudioConverter,
     AudioError,
@@ -28,9 +21,8 @@ from audio_service.convert import (
     UnsupportedOutput,
     find_ffmpeg,
 )
-from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
-from mediabot.logs import configure_logging
-from mediabot.memory import return_large_buffers_to_the_os
+from mediabot import limits
+from mediabot.grpc_server import GrpcServer, ServerConfig, build_server
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 from mediabot.wire import with_bytes_field
 
@@ -42,7 +34,8 @@ SERVICE_NAME = audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name  
 _STATUS_BY_ERROR: tuple[tuple[type[AudioError], grpc.StatusCode], ...] = (
     (InvalidAudio, grpc.StatusCode.INVALID_ARGUMENT),
     (UnsupportedOutput, grpc.StatusCode.INVALID_ARGUMENT),
-    (AudioTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # OUT_OF_RANGE, not RESOURCE_EXHAUSTED: that one is gRPC's own "queue full, try later" (see audio.proto).
+    (AudioTooLarge, grpc.StatusCode.OUT_OF_RANGE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ConversionCancelled, grpc.StatusCode.CANCELLED),
     (ConverterUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -97,10 +90,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             level = logging.ERROR if code is grpc.StatusCode.UNAVAILABLE else logging.WARNING
             logger.log(level, "audio conversion refused", extra=fields)
             context.abort(code, str(exc))
-        except Exception:
-            fields.update(outcome="INTERNAL", elapsed_ms=_elapsed_ms(started))
-            logger.exception("audio conversion failed", extra=fields)
-            context.abort(grpc.StatusCode.INTERNAL, "The audio service failed unexpectedly.")
+        # Anything else: mediabot.grpc_server's catch-all logs it and answers INTERNAL.
 
         fields.update(
             outcome="OK",
@@ -150,93 +140,46 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-def _build(settings: Settings) -> tuple[grpc.Server, int, health.HealthServicer]:
+def server_config(settings: Settings) -> ServerConfig:
+    """The shared skeleton's settings (mediabot.grpc_server): one thread per concurrent conversion (each is an
+    ffmpeg process), the largest input and widest output as message limits."""
+    receive, send = limits.audio_server_message_bytes(settings.max_input_bytes, settings.max_duration_s)
+    return ServerConfig(
+        name="audio", env_prefix="AUDIO", service_name=SERVICE_NAME, listen=settings.listen,
+        workers=settings.workers, max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        max_receive_bytes=receive, max_send_bytes=send,
+        max_connection_age_s=settings.max_connection_age_s, grace_s=settings.grace_s,
+        metrics_port=settings.metrics_port, tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file, tls_client_ca_file=settings.tls_client_ca_file,
+        log_fields={"max_input_bytes": settings.max_input_bytes, "max_duration_s": settings.max_duration_s},
+    )
+
+
+def create_server(settings: Settings) -> GrpcServer:
+    """A configured, bound, not yet started server (binding port 0 picks a free one: ``.port``).
+
+    Health is SERVING only when ffmpeg runs: it is the one thing needed at run time (it also detects the
+    format, so there is no ffprobe process per call).
+    """
     converter = AudioConverter(
         max_input_bytes=settings.max_input_bytes,
         max_duration_s=settings.max_duration_s,
         ffmpeg=settings.ffmpeg,
         tmp_dir=settings.tmp_dir,
     )
-    # One worker thread per concurrent conversion (each is an ffmpeg process); calls beyond the running and
-    # queued ones are refused with RESOURCE_EXHAUSTED instead of piling up in memory.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="audio-rpc"),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=limits.server_options(settings.max_input_bytes, settings.max_duration_s),
-        interceptors=interceptors(),
-    )
+    built = build_server(server_config(settings))
     # Registered by hand rather than with add_AudioServiceServicer_to_server, only to serialize the answer
     # with serialize_answer; the request is parsed by the generated class as usual.
-    servicer = AudioServicer(converter)
     handlers = {
         "ConvertToWav": grpc.unary_unary_rpc_method_handler(
-            servicer.ConvertToWav,
+            AudioServicer(converter).ConvertToWav,
             request_deserializer=audio_pb2.ConvertToWavRequest.FromString,
             response_serializer=serialize_answer,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-
-    health_servicer = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-
-    credentials = server_credentials(
-        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, prefix="AUDIO"
-    )
-    port = add_port(server, settings.listen, credentials)
-    if port == 0:
-        raise RuntimeError(f"could not bind the audio service to {settings.listen}")
-
-    # Only ffmpeg is needed at run time: it also detects the format, so there is no ffprobe process per call.
+    built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     if find_ffmpeg(settings.ffmpeg):
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        built.set_serving(True)
     else:
         logger.error("ffmpeg not found or not runnable; health stays NOT_SERVING", extra={"ffmpeg": settings.ffmpeg})
-    return server, port, health_servicer
-
-
-def create_server(settings: Settings) -> tuple[grpc.Server, int]:
-    """A configured, bound, not yet started server and its port (binding port 0 picks a free one)."""
-    server, port, _ = _build(settings)
-    return server, port
-
-
-def serve() -> None:
-    """Run until SIGTERM/SIGINT, then let in-flight conversions finish for up to AUDIO_GRACE_S seconds."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise SystemExit(f"audio service: bad configuration: {exc}") from None
-    configure_logging("audio", settings.log_level)
-    return_large_buffers_to_the_os()
-    try:
-        server, port, health_servicer = _build(settings)
-    except TlsConfigError as exc:
-        raise SystemExit(f"audio service: bad configuration: {exc}") from None
-    server.start()
-    if settings.metrics_port:
-        metrics_server = start_metrics_server(settings.listen, settings.metrics_port)
-        logger.info("audio metrics listening", extra={"metrics_port": metrics_server.server_port})
-    logger.info(
-        "audio service listening",
-        extra={"listen": settings.listen, "port": port, "tls": bool(settings.tls_cert_file),
-               "mtls": bool(settings.tls_client_ca_file), "workers": settings.workers,
-               "max_input_bytes": settings.max_input_bytes, "max_duration_s": settings.max_duration_s},
-    )
-
-    def shut_down(signum: int, _frame: FrameType | None) -> None:
-        logger.info("audio service stopping", extra={"signal": signal.Signals(signum).name, "grace_s": settings.grace_s})
-        # Tell load balancers first, then stop taking calls; running ones get the grace period.
-        health_servicer.enter_graceful_shutdown()
-        server.stop(settings.grace_s)
-
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
-    server.wait_for_termination()
-    logger.info("audio service stopped")
+    return built

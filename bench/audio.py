@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from audio_service.limits import client_channel_options
+from mediabot.limits import client_channel_options
 from bench.webhook import WEBHOOK_P50_TARGET_MS, time_webhooks
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mediabot import limits
+
 logger = logging.getLogger(__name__)
 
 # Used when TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are unset, so `make run` and `python -m gateway.simulate`
@@ -176,6 +178,9 @@ class Settings:
     # the spool. The process holds about 3x this at its peak: 96 MiB keeps a worker near 400 MB.
     media_memory_mb: int = 96
     media_memory_wait_s: float = 5.0
+    # The audio service's own AUDIO_MAX_DURATION_S (same variable, same default): the longest WAV it can
+    # answer with, which sizes the audio channel's receive limit and a voice note's memory claim.
+    audio_max_duration_s: float = limits.DEFAULT_MAX_AUDIO_DURATION_S
     # Telegram (gateway.telegram): on when both are set, or in development mode; empty strings: /telegram is 404.
     telegram_bot_token: str = field(default="", repr=False)
     telegram_webhook_secret: str = field(default="", repr=False)
@@ -250,7 +255,7 @@ class Settings:
             storage=storage,
             media_root=Path(get("MEDIA_ROOT") or "./data/media"),
             **minio,
-            max_media_bytes=_int(get("MAX_MEDIA_BYTES"), "MAX_MEDIA_BYTES", 16 * MIB, minimum=1),
+            max_media_bytes=_int(get("MAX_MEDIA_BYTES"), "MAX_MEDIA_BYTES", limits.DEFAULT_MAX_MEDIA_BYTES, minimum=1),
             download_connect_timeout_s=_float(get("DOWNLOAD_CONNECT_TIMEOUT_S"), "DOWNLOAD_CONNECT_TIMEOUT_S", 3.05),
             download_read_timeout_s=_float(get("DOWNLOAD_READ_TIMEOUT_S"), "DOWNLOAD_READ_TIMEOUT_S", 5.0),
             media_404_retry_delays_s=_floats(get("MEDIA_404_RETRY_DELAYS_S"), "MEDIA_404_RETRY_DELAYS_S", (1.0, 3.0)),
@@ -282,11 +287,16 @@ class Settings:
             privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
             media_memory_mb=_int(get("MEDIA_MEMORY_MB"), "MEDIA_MEMORY_MB", 96, minimum=1),
             media_memory_wait_s=_float(get("MEDIA_MEMORY_WAIT_S"), "MEDIA_MEMORY_WAIT_S", 5.0),
+            audio_max_duration_s=_float(
+                get("AUDIO_MAX_DURATION_S"), "AUDIO_MAX_DURATION_S", limits.DEFAULT_MAX_AUDIO_DURATION_S
+            ),
             **_telegram(get, public_base_url, trust_proxy),
         )
         if settings.grpc_max_attempts > 5:
             # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.
             raise ConfigError(f"GRPC_MAX_ATTEMPTS must be 1-5 (gRPC's own cap), got {settings.grpc_max_attempts}")
+        if not 1 <= settings.audio_max_duration_s < float("inf"):
+            raise ConfigError(f"AUDIO_MAX_DURATION_S must be a finite number of at least 1, got {settings.audio_max_duration_s}")
         if settings.webhook_budget_s >= 15:
             raise ConfigError("WEBHOOK_BUDGET_S must stay below Twilio's 15 s webhook timeout")
         if settings.spool_retry_max_s < settings.spool_retry_base_s:

@@ -26,6 +26,7 @@ from gateway.inbound import InboundMessage, MediaItem
 from gateway.media_memory import Claim, MediaMemory, MemoryBusy
 from gateway.sender import mask_phone, redact_sender
 from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
+from mediabot import limits
 from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -38,21 +39,23 @@ PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 # MPO is how Pillow names the multi-picture JPEGs many phone cameras write: still a JPEG file.
 _STORED_PHOTO_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
-# Failures worth another attempt later. INVALID_ARGUMENT / RESOURCE_EXHAUSTED (bad or too large input) and
-# NOT_FOUND, PERMISSION_DENIED, ... are answers about the input or the setup, not about the moment.
+# Failures worth another attempt later. INVALID_ARGUMENT / OUT_OF_RANGE (bad input, over the size or duration
+# limit) and NOT_FOUND, PERMISSION_DENIED, ... are answers about the input or the setup, not about the moment.
+# RESOURCE_EXHAUSTED is the service's full queue ("Concurrent RPC limit exceeded"): a burst, not the media.
 # UNKNOWN and INTERNAL are included: a service dying mid-call can surface as either, and a deterministic
 # one still ends, in SPOOL_DIR/failed/ after SPOOL_GIVE_UP_AFTER_S.
 _TRANSIENT_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 # The media host's 5xx, timeouts and broken connections; Twilio keeps the media, so it will be there later.
 _TRANSIENT_DOWNLOADS = frozenset({Failure.TIMEOUT, Failure.SERVER_ERROR, Failure.CONNECTION})
 
-# The largest WAV the audio service returns for the 16 kHz mono the bot asks for: 15 minutes (its default
-# AUDIO_MAX_DURATION_S) plus the one second its decoder may run over, and the 44-byte header. A voice note
-# claims this much memory for the answer before it is converted (gateway.media_memory).
-MAX_WAV_BYTES = 44 + (900 + 1) * 16000 * 2
+# The largest WAV the audio service returns for the 16 kHz mono the bot asks for, with its default
+# AUDIO_MAX_DURATION_S (mediabot.limits; Services passes the configured one). A voice note claims this much
+# memory for the answer before it is converted (gateway.media_memory).
+MAX_WAV_BYTES = limits.max_wav_bytes()
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class MediaProcessor:
         audio_timeout_s: float,
         vision_timeout_s: float,
         max_media_bytes: int,
+        max_wav_bytes: int = MAX_WAV_BYTES,
         memory: MediaMemory | None = None,
     ) -> None:
         self._downloader = downloader
@@ -90,6 +94,7 @@ class MediaProcessor:
         self._audio_timeout_s = audio_timeout_s
         self._vision_timeout_s = vision_timeout_s
         self._max_media_bytes = max_media_bytes
+        self._max_wav_bytes = max_wav_bytes
         # None: no bound (a unit test's processor); Services always gives one (MEDIA_MEMORY_MB).
         self._memory = memory
 
@@ -146,7 +151,7 @@ class MediaProcessor:
         with self._claim(budget) as claim:
             # One claim for the voice note and the WAV it becomes, taken at once: an item never waits for
             # memory while holding some, so items cannot hold each other up.
-            downloaded = self._download(item, budget, replies.VOICE, claim, extra_bytes=MAX_WAV_BYTES)
+            downloaded = self._download(item, budget, replies.VOICE, claim, extra_bytes=self._max_wav_bytes)
             if isinstance(downloaded, ItemResult):
                 return downloaded
             size = len(downloaded)
@@ -293,7 +298,8 @@ class MediaProcessor:
             details = error.details() if isinstance(error, grpc.Call) else str(error)
             outcome = {
                 grpc.StatusCode.INVALID_ARGUMENT: "rejected",
-                grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected",
+                grpc.StatusCode.OUT_OF_RANGE: "rejected",
+                grpc.StatusCode.RESOURCE_EXHAUSTED: "busy",
                 grpc.StatusCode.UNAVAILABLE: "unavailable",
                 grpc.StatusCode.DEADLINE_EXCEEDED: "unavailable",
             }.get(code, "error")

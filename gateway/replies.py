@@ -76,9 +76,10 @@ def rpc_failed(what: str, code: grpc.StatusCode | None) -> str:
     audio = what == VOICE
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return AUDIO_UNREADABLE if audio else PHOTO_UNREADABLE
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if code is grpc.StatusCode.OUT_OF_RANGE:
         return AUDIO_TOO_BIG if audio else PHOTO_TOO_BIG
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    # RESOURCE_EXHAUSTED: the service's queue is full, the media is fine (retried by the spool).
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return AUDIO_UNAVAILABLE if audio else PHOTO_UNAVAILABLE
     return INTERNAL_ERROR
 

@@ -19,14 +19,9 @@ from gateway.processing import MediaProcessor
 from gateway.signature import SignatureChecker
 from gateway.store import Store, open_store
 from gateway.telegram.botapi import BotApi, MediaFetcher
+from mediabot import limits
 from mediabot.grpc_tls import channel_credentials
 from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
-
-# gRPC refuses messages over 4 MiB by default. Requests carry a whole media file (up to MAX_MEDIA_BYTES)
-# plus a few small fields; the audio service answers with up to a 15-minute 16 kHz mono WAV (about 29 MB).
-_REQUEST_OVERHEAD_BYTES = 64 * 1024
-_MAX_AUDIO_RESPONSE_BYTES = 64 * 1024 * 1024
-
 
 _AUDIO_SERVICE = audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
 _VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -34,12 +29,21 @@ _HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def service_config(service: str, max_attempts: int) -> str:
-    """gRPC service config: retry UNAVAILABLE (a restarting service, a refused connection) a bounded number
-    of times with exponential backoff, inside the call's own deadline.
+    """gRPC service config: calls spread over every address the target resolves to, and UNAVAILABLE (a
+    restarting service, a refused connection) retried a bounded number of times with exponential backoff,
+    inside the call's own deadline.
 
-    Only UNAVAILABLE: it means the request was not processed, and both RPCs are pure functions of their
-    input anyway, so a retry cannot do anything twice. DEADLINE_EXCEEDED and the input errors are final.
+    round_robin rather than gRPC's default pick_first: with ``dns:///audio-headless:50051`` the name resolves
+    to every replica, and pick_first would send every call down the first one's connection. The services
+    close connections after *_MAX_CONNECTION_AGE_S, so the name is resolved again and new replicas join.
+
+    Only UNAVAILABLE is retried here: it means the request was not processed, and both RPCs are pure functions
+    of their input anyway, so a retry cannot do anything twice. DEADLINE_EXCEEDED and the input errors are
+    final; RESOURCE_EXHAUSTED (a full queue) is left to the spool, which retries later rather than at once.
     """
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if max_attempts <= 1:
+        return json.dumps(config)
     policy = {
         "maxAttempts": max_attempts,
         "initialBackoff": "0.1s",
@@ -48,7 +52,8 @@ def service_config(service: str, max_attempts: int) -> str:
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
     methods = [{"service": service}, {"service": _HEALTH_SERVICE}]
-    return json.dumps({"methodConfig": [{"name": methods, "retryPolicy": policy}]}) if max_attempts > 1 else "{}"
+    config["methodConfig"] = [{"name": methods, "retryPolicy": policy}]
+    return json.dumps(config)
 
 
 def _channel_options(
@@ -70,7 +75,8 @@ def _channel_options(
 def make_channel(
     settings: Settings, addr: str, service: str, max_request_bytes: int, max_response_bytes: int
 ) -> grpc.Channel:
-    """One long-lived channel to ``addr``: TLS when GRPC_TLS_CA_FILE is set, plaintext otherwise."""
+    """One long-lived channel to ``addr`` (host:port, or ``dns:///name:port`` for a name with many addresses,
+    e.g. a headless Service): TLS when GRPC_TLS_CA_FILE is set, plaintext otherwise."""
     options = _channel_options(service, max_request_bytes, max_response_bytes, settings.grpc_max_attempts)
     credentials = channel_credentials(
         settings.grpc_tls_ca_file, settings.grpc_tls_cert_file, settings.grpc_tls_key_file, prefix="GRPC"
@@ -106,13 +112,15 @@ class Services:
             allow_private=settings.media_allow_private_addresses,
         )
         telegram = make_bot_api(settings)
-        max_request = settings.max_media_bytes + _REQUEST_OVERHEAD_BYTES
+        # The same sizes the services use (mediabot.limits): the media file plus its fields out, and back the
+        # longest WAV the audio service may answer with (its AUDIO_MAX_DURATION_S, 16 kHz mono).
+        max_request = limits.max_request_bytes(settings.max_media_bytes)
         audio_channel = make_channel(
-            settings, settings.audio_service_addr, _AUDIO_SERVICE, max_request, _MAX_AUDIO_RESPONSE_BYTES
+            settings, settings.audio_service_addr, _AUDIO_SERVICE, max_request,
+            limits.max_audio_response_bytes(settings.audio_max_duration_s),
         )
-        # A DetectFacesResponse is a few hundred bytes; gRPC's default receive limit is plenty.
         vision_channel = make_channel(
-            settings, settings.vision_service_addr, _VISION_SERVICE, max_request, 4 * 1024 * 1024
+            settings, settings.vision_service_addr, _VISION_SERVICE, max_request, limits.MAX_VISION_RESPONSE_BYTES
         )
         processor = MediaProcessor(
             downloader=MediaFetcher(downloader, telegram),  # type: ignore[arg-type]  # the same fetch()
@@ -122,6 +130,7 @@ class Services:
             audio_timeout_s=settings.audio_rpc_timeout_s,
             vision_timeout_s=settings.vision_rpc_timeout_s,
             max_media_bytes=settings.max_media_bytes,
+            max_wav_bytes=limits.max_wav_bytes(settings.audio_max_duration_s),
             memory=MediaMemory(settings.media_memory_mb * MIB, settings.media_memory_wait_s),
         )
         return cls(

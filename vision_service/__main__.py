@@ -1,23 +1,10 @@
-"""`python -m vision_service`: configuration from the environment, then serve until SIGTERM."""
+"""``python -m vision_service``: the vision gRPC server configured from the environment, until SIGTERM."""
 
-import logging
 import sys
 
-from mediabot.logs import configure_logging
+from mediabot.grpc_server import serve
 from vision_service.config import ConfigError, Settings
-from vision_service.server import serve
-
-
-def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as error:
-        configure_logging("vision")
-        logging.getLogger("vision_service").error("bad configuration", extra={"error": str(error)})
-        return 2
-    serve(settings)
-    return 0
-
+from vision_service.server import create_server
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve("vision", Settings.from_env, create_server, config_errors=(ConfigError,)))

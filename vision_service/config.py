@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mediabot import limits
+
 MIB = 1024 * 1024
 # Tiles below 450 px would show the photo barely larger than the whole 300 px view; above 1000 a square photo
 # needs more than 31 tiles (the model's max_batch_size is 32, one is the whole view) and the CPU cost grows
@@ -47,7 +49,7 @@ class Settings:
     # Look at the photo turned 90° and 270° when the upright views find nothing (phone photos without EXIF).
     face_sideways: bool = True
     # WhatsApp's own media cap; larger requests are refused before decoding.
-    max_input_bytes: int = 16 * MIB
+    max_input_bytes: int = limits.DEFAULT_MAX_MEDIA_BYTES
     # Pixel cap applied from the image header, before any pixel is decoded (decompression bombs).
     # 50 MP admits every phone photo (a 50 MP sensor is 8160x6120 = 49.9 MP; WhatsApp itself sends at most
     # 4096 px on the long side) while bounding a non-JPEG decode to ~200 MB per worker (RGBA, 4 bytes/pixel).
@@ -67,6 +69,9 @@ class Settings:
     max_queued: int = 32
     # Seconds SIGTERM leaves in-flight calls to finish.
     grace_s: float = 10.0
+    # Connections are closed gracefully after about this long, so clients resolve the service name again and
+    # spread their calls over new replicas (mediabot.grpc_server); 0 = never.
+    max_connection_age_s: float = 300.0
     log_level: str = "INFO"
     # Prometheus /metrics on this port (same host as ``listen``); 0 = no metrics server.
     metrics_port: int = 0
@@ -86,7 +91,7 @@ class Settings:
     @property
     def max_message_bytes(self) -> int:
         """The largest DetectFaces request gRPC will accept: the image cap plus room for the other fields."""
-        return self.max_input_bytes + 64 * 1024
+        return limits.max_request_bytes(self.max_input_bytes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +117,9 @@ class Settings:
             workers=_number(env, "VISION_WORKERS", defaults.workers, int, minimum=1),
             max_queued=_number(env, "VISION_MAX_QUEUED", defaults.max_queued, int, minimum=0),
             grace_s=_number(env, "VISION_GRACE_S", defaults.grace_s, float, minimum=0.0),
+            max_connection_age_s=_number(
+                env, "VISION_MAX_CONNECTION_AGE_S", defaults.max_connection_age_s, float, minimum=0.0
+            ),
             log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
             metrics_port=_number(env, "VISION_METRICS_PORT", defaults.metrics_port, int, minimum=0),
             tls_cert_file=_raw(env, "VISION_TLS_CERT_FILE") or "",

@@ -12,7 +12,7 @@ class InvalidImage(VisionError):
 
 
 class ImageTooLarge(VisionError):
-    """Over the byte or pixel cap (RESOURCE_EXHAUSTED); decided before the pixels are decoded."""
+    """Over the byte or pixel cap (OUT_OF_RANGE); decided before the pixels are decoded."""
 
 
 class DetectorUnavailable(VisionError):

@@ -1,23 +1,19 @@
-"""The VisionService gRPC server: factory, health that follows Triton, reflection, limits, graceful stop."""
+"""The VisionService gRPC server: the servicer, and health that follows Triton (the rest: mediabot.grpc_server)."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import uuid
 import warnings
-from concurrent import futures
+from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
-from mediabot.grpc_tls import add_port, server_credentials
-from mediabot.logs import configure_logging
-from mediabot.memory import return_large_buffers_to_the_os
+from mediabot import limits
+from mediabot.grpc_server import GrpcServer, ServerConfig, build_server
 from mediabot.v1 import vision_pb2, vision_pb2_grpc
 from vision_service.config import Settings
 from vision_service.decode import set_decode_memory
@@ -30,7 +26,6 @@ from vision_service.errors import (
     ImageTooLarge,
     InvalidImage,
 )
-from vision_service.metrics import interceptors, start_metrics_server
 from vision_service.pipeline import Limits, ViewPolicy, find_faces
 
 logger = logging.getLogger("vision_service")
@@ -86,7 +81,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         except InvalidImage as error:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), fields)
         except ImageTooLarge as error:
-            self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), fields)
+            # OUT_OF_RANGE, not RESOURCE_EXHAUSTED: that one is gRPC's own "queue full, try later".
+            self._abort(context, grpc.StatusCode.OUT_OF_RANGE, str(error), fields)
         except DecoderBusy as error:
             self._abort(context, grpc.StatusCode.UNAVAILABLE, str(error), fields)
         except DetectorTimeout as error:
@@ -144,10 +140,9 @@ class HealthWatcher:
     and the detector also needs the canvas size re-read whenever the model comes back (it may have changed).
     """
 
-    def __init__(self, detector: TritonDetector, servicer: health.HealthServicer, services: list[str]) -> None:
+    def __init__(self, detector: TritonDetector, *, set_serving: Callable[[bool], None]) -> None:
         self._detector = detector
-        self._health = servicer
-        self._services = services
+        self._set_serving = set_serving
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._serving: bool | None = None
@@ -186,47 +181,8 @@ class HealthWatcher:
         if serving == self._serving:
             return
         self._serving = serving
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in self._services:
-            self._health.set(service, status)
+        self._set_serving(serving)
         logger.info("health changed", extra={"serving": serving, "reason": reason})
-
-
-class VisionServer(grpc.Server):
-    """A grpc.Server that also stops the health watcher (and the Triton client it made) when it stops."""
-
-    def __init__(self, server: grpc.Server, watcher: HealthWatcher, detector: TritonDetector, owns_detector: bool):
-        self._server = server
-        self._watcher = watcher
-        self._detector = detector
-        self._owns_detector = owns_detector
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers):
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name, method_handlers):
-        self._server.add_registered_method_handlers(service_name, method_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
-
-    def start(self) -> None:
-        self._server.start()
-        self._watcher.start()
-
-    def stop(self, grace: float | None) -> threading.Event:
-        self._watcher.stop()
-        stopped = self._server.stop(grace)
-        if self._owns_detector:
-            # Close the Triton channel only once the draining calls are done with it.
-            threading.Thread(target=lambda: (stopped.wait(), self._detector.close()), daemon=True).start()
-        return stopped
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
 
 
 def configure_pillow(settings: Settings) -> None:
@@ -241,12 +197,28 @@ def configure_pillow(settings: Settings) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def create_server(settings: Settings, detector: TritonDetector | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; returns it and the bound port (useful with port 0).
+def server_config(settings: Settings) -> ServerConfig:
+    """The shared skeleton's settings (mediabot.grpc_server)."""
+    receive, send = limits.vision_server_message_bytes(settings.max_input_bytes)
+    return ServerConfig(
+        name="vision", env_prefix="VISION", service_name=SERVICE_NAME, listen=settings.listen,
+        workers=settings.workers, max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        max_receive_bytes=receive, max_send_bytes=send,
+        max_connection_age_s=settings.max_connection_age_s, grace_s=settings.grace_s,
+        metrics_port=settings.metrics_port, tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file, tls_client_ca_file=settings.tls_client_ca_file,
+        log_fields={"triton_url": settings.triton_url, "model": settings.triton_model},
+    )
 
-    The health status starts NOT_SERVING and follows Triton from the moment the server starts.
+
+def create_server(settings: Settings, detector: TritonDetector | None = None) -> GrpcServer:
+    """Build (not start) the server; ``.port`` is the bound port (useful with port 0).
+
+    The health status starts NOT_SERVING and follows Triton from the moment the server starts. A detector
+    made here (none given) is closed once the server has stopped and its calls are done with it.
     """
     configure_pillow(settings)
+    built = build_server(server_config(settings))
     owns_detector = detector is None
     if detector is None:
         detector = TritonDetector(
@@ -255,54 +227,15 @@ def create_server(settings: Settings, detector: TritonDetector | None = None) ->
             settings.triton_model_version,
             timeout_s=settings.triton_timeout_s,
         )
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="vision"),
-        options=options,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        interceptors=interceptors(),
-    )
-    health_servicer = health.HealthServicer()
-    watcher = HealthWatcher(detector, health_servicer, ["", SERVICE_NAME])
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(settings, detector, watcher), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
-    credentials = server_credentials(
-        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, prefix="VISION"
-    )
-    port = add_port(server, settings.listen, credentials)
-    if port == 0:
-        raise RuntimeError(f"could not bind {settings.listen}")
-    return VisionServer(server, watcher, detector, owns_detector), port
+    watcher = HealthWatcher(detector, set_serving=built.set_serving)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(settings, detector, watcher), built.server)
+    built.on_start(watcher.start)
 
+    def after_stop() -> None:
+        watcher.stop()
+        watcher.join(timeout=NOT_READY_POLL_S * 3)
+        if owns_detector:
+            detector.close()
 
-def serve(settings: Settings | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then let in-flight calls finish for up to VISION_GRACE_S."""
-    settings = settings or Settings.from_env()
-    configure_logging("vision", settings.log_level)
-    return_large_buffers_to_the_os()
-    server, port = create_server(settings)
-    server.start()
-    if settings.metrics_port:
-        metrics_server = start_metrics_server(settings.listen, settings.metrics_port)
-        logger.info("vision metrics listening", extra={"metrics_port": metrics_server.server_port})
-    logger.info(
-        "vision service listening",
-        extra={"listen": settings.listen, "port": port, "triton_url": settings.triton_url, "model": settings.triton_model},
-    )
-    done = threading.Event()
-
-    def shutdown(signum: int, _frame) -> None:
-        logger.info("stopping", extra={"signal": signal.Signals(signum).name, "grace_s": settings.grace_s})
-        server.stop(settings.grace_s).wait()
-        done.set()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    server.wait_for_termination()
-    done.wait(timeout=settings.grace_s + 1)
+    built.after_stop(after_stop)
+    return built

@@ -49,8 +49,17 @@ class AudioServiceServicer:
     """
 
     def ConvertToWav(self, request, context):
-        """Errors: INVALID_ARGUMENT for empty, undecodable or non-audio input;
-        RESOURCE_EXHAUSTED when the input is over the size or duration limit.
+        """Status codes, and what the caller should do:
+        - INVALID_ARGUMENT: empty, undecodable or non-audio input, or an output shape outside 8000-48000 Hz,
+        1-2 channels. Final.
+        - OUT_OF_RANGE: the input is over the size (AUDIO_MAX_INPUT_BYTES) or duration (AUDIO_MAX_DURATION_S)
+        limit. Final.
+        - RESOURCE_EXHAUSTED: the service's queue is full (AUDIO_WORKERS + AUDIO_MAX_QUEUED calls at once;
+        gRPC's "Concurrent RPC limit exceeded"), or a message is over gRPC's size limit. Try again later.
+        - UNAVAILABLE: ffmpeg is missing (health is NOT_SERVING), or the service is not reachable. Try again.
+        - DEADLINE_EXCEEDED: the call's deadline passed before the conversion finished. Try again later.
+        - CANCELLED: the caller cancelled the call.
+        - INTERNAL: an unexpected failure in the service (logged there with its traceback). Try again later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,8 +47,18 @@ class VisionServiceServicer:
     """
 
     def DetectFaces(self, request, context):
-        """Errors: INVALID_ARGUMENT for empty or non-image input; RESOURCE_EXHAUSTED for
-        images over the byte or pixel limit; UNAVAILABLE when the detector (Triton) is down.
+        """Status codes, and what the caller should do:
+        - INVALID_ARGUMENT: empty, truncated or non-image input, a format the service does not accept, or a
+        min_confidence outside 0-1. Final.
+        - OUT_OF_RANGE: the image is over the byte (VISION_MAX_INPUT_BYTES) or pixel (VISION_MAX_PIXELS) limit,
+        or needs more decode memory than VISION_DECODE_MEMORY_MB alone. Final.
+        - RESOURCE_EXHAUSTED: the service's queue is full (VISION_WORKERS + VISION_MAX_QUEUED calls at once;
+        gRPC's "Concurrent RPC limit exceeded"), or a message is over gRPC's size limit. Try again later.
+        - UNAVAILABLE: the detector (Triton) is down or did not answer within TRITON_TIMEOUT_S, other photos
+        hold the decode memory, or the service is not reachable. Try again.
+        - DEADLINE_EXCEEDED: the call's deadline passed before the answer. Try again later.
+        - INTERNAL: Triton refused the request (a contract mismatch with the model), or an unexpected failure
+        in the service (logged there with its traceback).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

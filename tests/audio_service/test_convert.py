@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_service import limits
+from mediabot import limits
 from audio_service.convert import (
     AudioConverter,
     AudioTooLong,
@@ -118,7 +118,7 @@ def test_pydub_exports_the_wav_into_the_pcm_buffer_without_copying_it() -> None:
     import wave
     from io import BytesIO
 
-    from audio_service import limits
+    from mediabot import limits
     from audio_service.convert import _export_wav_in_place
 
     pcm = bytes(range(256)) * (64 * 1024)  # 16 MiB of s16le samples

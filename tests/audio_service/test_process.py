@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from audio_service.limits import client_channel_options
+from mediabot.limits import client_channel_options
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 from tests.audio_service.helpers import child_processes, wait_until
 from tests.fixtures.audio import make_silence_flac
@@ -85,8 +85,13 @@ def test_sigterm_drains_the_call_in_flight(service: ServiceProcess, tmp_path: Pa
 
 
 def test_bad_configuration_exits_with_a_readable_message() -> None:
+    """One JSON line naming the variable, exit status 2, no traceback (tests/test_grpc_server.py: TLS too)."""
     env = {**os.environ, "AUDIO_MAX_DURATION_S": "forever"}
     result = subprocess.run([sys.executable, "-m", "audio_service"], cwd=REPO_ROOT, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0
-    assert "AUDIO_MAX_DURATION_S must be a number" in result.stderr
+    assert result.returncode == 2
+    (line,) = result.stdout.splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["msg"]) == ("ERROR", "bad configuration")
+    assert "AUDIO_MAX_DURATION_S must be a number" in entry["error"]
+    assert result.stderr == ""

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 
 from audio_service.config import Settings
-from audio_service.limits import client_channel_options
+from mediabot.limits import client_channel_options
 from audio_service.server import SERVICE_NAME, create_server
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
 from tests.audio_service.helpers import (
@@ -237,28 +237,29 @@ def test_bad_input_is_invalid_argument(
     assert expected_words in error.details()
 
 
-def test_input_over_the_size_limit_is_resource_exhausted(stub: audio_pb2_grpc.AudioServiceStub) -> None:
+def test_input_over_the_size_limit_is_out_of_range(stub: audio_pb2_grpc.AudioServiceStub) -> None:
     """Just over 16 MiB reaches the service, which answers with its limit."""
     error = refusal(stub, b"RIFF" + bytes(16 * 1024 * 1024 - 3), "audio/wav")
-    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() is grpc.StatusCode.OUT_OF_RANGE
     assert "16.0 MiB" in error.details()
 
 
 def test_17_mib_input_is_resource_exhausted(audio_server: str) -> None:
-    """Far over the limit, the server's gRPC message limit refuses it before it is buffered for conversion.
-    The channel here sets no send limit of its own, so it is the server that refuses."""
+    """Far over the limit, the server's gRPC message limit refuses it before it is buffered for conversion
+    (gRPC's own RESOURCE_EXHAUSTED). The channel here sets no send limit of its own, so it is the server that
+    refuses; the gateway's channel has the same limit (mediabot.limits), so it never sends that much."""
     with grpc.insecure_channel(audio_server, options=[("grpc.max_send_message_length", -1)]) as channel:
         error = refusal(audio_pb2_grpc.AudioServiceStub(channel), bytes(17 * 1024 * 1024), "audio/ogg")
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_tiny_file_that_decodes_to_hours_is_resource_exhausted(
+def test_tiny_file_that_decodes_to_hours_is_out_of_range(
     stub: audio_pb2_grpc.AudioServiceStub, tmp_path: Path
 ) -> None:
     bomb = make_silence_flac(tmp_path, 2 * 3600).read_bytes()
     assert len(bomb) < 100_000
     error = refusal(stub, bomb, "audio/flac")
-    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() is grpc.StatusCode.OUT_OF_RANGE
     assert "15-minute" in error.details()
 
 
@@ -275,7 +276,7 @@ def test_a_lying_duration_header_does_not_get_past_the_cap(
     assert ffprobe_duration_s(liar) == pytest.approx(1.0)
 
     error = refusal(stub, bytes(bomb), "audio/flac")
-    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() is grpc.StatusCode.OUT_OF_RANGE
 
 
 def test_largest_allowed_output_crosses_the_wire(
@@ -362,7 +363,8 @@ def test_reflection_lists_the_service(audio_server: str) -> None:
 
 @pytest.fixture
 def server_without_ffmpeg(audio_settings: Settings, tmp_path: Path) -> Iterator[str]:
-    server, port = create_server(replace(audio_settings, ffmpeg=str(tmp_path / "no-ffmpeg-here")))
+    server = create_server(replace(audio_settings, ffmpeg=str(tmp_path / "no-ffmpeg-here")))
+    port = server.port
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -387,7 +389,8 @@ def private_tmp_server(audio_settings: Settings, tmp_path: Path) -> Iterator[tup
     """A server of its own whose temp root is a fresh directory, so leftovers are attributable."""
     tmp_root = tmp_path / "service-tmp"
     tmp_root.mkdir()
-    server, port = create_server(replace(audio_settings, tmp_dir=str(tmp_root)))
+    server = create_server(replace(audio_settings, tmp_dir=str(tmp_root)))
+    port = server.port
     server.start()
     try:
         yield f"127.0.0.1:{port}", tmp_root

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audio_service.limits import client_channel_options
+from mediabot.limits import client_channel_options
 from gateway.audio_client import AudioClient
 from mediabot.v1 import audio_pb2
 from mediabot.wire import split_bytes_field, with_bytes_field

@@ -16,7 +16,8 @@ from audio_service.server import create_server
 @pytest.fixture
 def audio_without_ffmpeg(audio_settings: AudioSettings) -> Iterator[str]:
     """A real audio service that cannot find ffmpeg, so its health is honestly NOT_SERVING."""
-    server, port = create_server(replace(audio_settings, ffmpeg="/nonexistent/ffmpeg"))
+    server = create_server(replace(audio_settings, ffmpeg="/nonexistent/ffmpeg"))
+    port = server.port
     server.start()
     try:
         yield f"127.0.0.1:{port}"

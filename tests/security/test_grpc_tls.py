@@ -17,6 +17,7 @@ from flask import Flask
 from audio_service.config import Settings as AudioSettings
 from audio_service.server import create_server as create_audio_server
 from gateway import GatewayStartupError
+from mediabot.grpc_server import GrpcServer
 from mediabot.grpc_tls import TlsConfigError, server_credentials
 from tests.fixtures.gateway import MediaServer, media_form, reply_of, signed_post
 from tests.security.certs import Pki, make_pki
@@ -29,10 +30,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def start_audio(audio_settings: AudioSettings) -> Iterator[Callable[..., str]]:
-    servers: list[grpc.Server] = []
+    servers: list[GrpcServer] = []
 
     def start(**tls: str) -> str:
-        server, port = create_audio_server(dataclasses.replace(audio_settings, listen="127.0.0.1:0", **tls))
+        server = create_audio_server(dataclasses.replace(audio_settings, listen="127.0.0.1:0", **tls))
+        port = server.port
         server.start()
         servers.append(server)
         return f"127.0.0.1:{port}"
@@ -88,7 +90,8 @@ def test_vision_service_serves_tls_from_its_settings(pki: Pki) -> None:
 
     settings = vision_settings("127.0.0.1:1", tls_cert_file=str(pki.server.cert), tls_key_file=str(pki.server.key),
                                tls_client_ca_file=str(pki.ca))
-    server, port = create_server(settings)
+    server = create_server(settings)
+    port = server.port
     server.start()
     try:
         credentials = grpc.ssl_channel_credentials(
