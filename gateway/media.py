@@ -34,19 +34,10 @@ from gateway.config import ConfigError, Settings
 from gateway.privacy import Privacy
 from gateway.replies import format_duration
 from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
-from gateway.spool import Spool
-from gateway.store import (
-    AUDIO,
-    EXTENSIONS,
-    IMAGES,
-    InvalidKey,
-    Store,
-    StoredObject,
-    StoreStartupError,
-    newest_first,
-    open_store,
-    parse_key,
-)
+from gateway.intake.spool import Spool
+from gateway.storage.factory import open_store
+from gateway.storage.base import Store, StoreStartupError, StoredObject, newest_first
+from gateway.storage.keys import AUDIO, EXTENSIONS, IMAGES, InvalidKey, parse_key
 from mediabot.logs import configure_logging
 
 

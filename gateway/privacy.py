@@ -27,12 +27,13 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from gateway.channels import parse_spooled
-from gateway.inbound import InvalidWebhook
+from gateway.intake.channels import parse_spooled
+from gateway.message import InvalidWebhook
 from gateway import replies
 from gateway.sender import InvalidSender, mask_phone, redact_sender
-from gateway.spool import Entry, Spool
-from gateway.store import AUDIO, Store, StoredObject, parse_key
+from gateway.intake.spool import Entry, Spool
+from gateway.storage.base import Store, StoredObject
+from gateway.storage.keys import AUDIO, parse_key
 
 audit = logging.getLogger("gateway.audit")
 logger = logging.getLogger(__name__)

@@ -22,10 +22,11 @@ from gateway import metrics, replies
 from gateway.audio_client import AudioClient
 from gateway.budget import Budget
 from gateway.download import DownloadError, Failure, MediaDownloader
-from gateway.inbound import InboundMessage, MediaItem
+from gateway.message import InboundMessage, MediaItem
 from gateway.media_memory import Claim, MediaMemory, MemoryBusy
 from gateway.sender import mask_phone, redact_sender
-from gateway.store import AUDIO, IMAGES, MediaRef, Store, StoredObject
+from gateway.storage.base import Store, StoredObject
+from gateway.storage.keys import AUDIO, IMAGES, MediaRef
 from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc
 
 logger = logging.getLogger(__name__)

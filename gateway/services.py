@@ -16,8 +16,9 @@ from gateway.config import Settings
 from gateway.download import MediaDownloader
 from gateway.media_memory import MIB, MediaMemory
 from gateway.processing import MediaProcessor
-from gateway.signature import SignatureChecker
-from gateway.store import Store, open_store
+from gateway.whatsapp.signature import SignatureChecker
+from gateway.storage.factory import open_store
+from gateway.storage.base import Store
 from gateway.telegram.botapi import BotApi, MediaFetcher
 from mediabot.grpc_tls import channel_credentials
 from mediabot.v1 import audio_pb2, vision_pb2, vision_pb2_grpc

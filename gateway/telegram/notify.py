@@ -11,10 +11,10 @@ import logging
 
 from gateway import replies
 from gateway.budget import Budget
-from gateway.inbound import InvalidWebhook
-from gateway.intake import Attempt
+from gateway.message import InvalidWebhook
+from gateway.intake.attempt import Attempt
 from gateway.sender import InvalidSender
-from gateway.spool import Entry
+from gateway.intake.spool import Entry
 from gateway.telegram.botapi import BotApi, BotApiError
 from gateway.telegram.updates import inbound_from_form
 

@@ -6,7 +6,7 @@ then the few fields the bot acts on are taken out into a flat form of strings, l
     MessageSid, UpdateId, ChatId, ChatType, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo,
     sticker, video, text, ...), Text, FileId, FileSize, ContentType, MediaGroupId
 
-That form is what is spooled (gateway.spool, ``channel: telegram``) and what ``inbound_from_form`` reads,
+That form is what is spooled (gateway.intake.spool, ``channel: telegram``) and what ``inbound_from_form`` reads,
 at the webhook and again when the worker retries: one validation for both. It holds the file_id, never a
 file URL (those carry the bot token: gateway.telegram.botapi resolves the file with getFile when it is
 processed), and nothing of the user's profile beyond the first name the metadata keeps for WhatsApp too.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from telebot import types
 
-from gateway.inbound import InboundMessage, InvalidWebhook, MediaItem
+from gateway.message import InboundMessage, InvalidWebhook, MediaItem
 from gateway.sender import InvalidSender, telegram_sender_id
 
 # MediaItem.url of a Telegram file: the file_id, resolved with getFile by gateway.telegram.botapi.

@@ -10,7 +10,7 @@ The reply is the webhook's response: a Bot API method in the body (``{"method": 
 which Telegram executes, replying to the user's message; no call out of the gateway, so no token used, for
 the reply. Telegram resends an update until it gets a 2xx, so every answer here is a 200, including for
 updates it cannot act on (a bad one would otherwise come back forever), except the 403 above. A deferred
-outcome (a dependency was down) is sent by the spool worker with sendMessage once known (gateway.worker).
+outcome (a dependency was down) is sent by the spool worker with sendMessage once known (gateway.intake.worker).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from werkzeug.exceptions import HTTPException
 from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.config import TELEGRAM_WEBHOOK_PATH, is_loopback_host
-from gateway.inbound import InvalidWebhook
+from gateway.message import InvalidWebhook
 from gateway.privacy import Command, CommandWords, Privacy, parse_command
 from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.telegram.botapi import send_message_params
 from gateway.telegram.updates import UNSUPPORTED_KINDS, TelegramMessage, parse_update
-from gateway.webhook import PRIVACY, spool_and_try
+from gateway.whatsapp.webhook import PRIVACY, spool_and_try
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The durable intake and the metrics, wired the way the application needs them.
 
-The gateway spools every verified webhook under SPOOL_DIR and `python -m gateway.worker` retries what failed;
+The gateway spools every verified webhook under SPOOL_DIR and `python -m gateway.intake.worker` retries what failed;
 both hold fcntl.flock leases on the same files, so wherever a gateway runs a worker must share its spool on
 one node's filesystem. /metrics sums gunicorn's workers (and the spool worker) through
 PROMETHEUS_MULTIPROC_DIR, which must be an empty, private, writable directory. Each check reads the setting
@@ -23,7 +23,7 @@ from tests.deploy.k8s_objects import container, pod_spec, resolved_env, workload
 Docs = dict[str, list[dict[str, Any]]]
 Model = dict[str, Any]
 
-WORKER_COMMAND = ["python", "-m", "gateway.worker"]
+WORKER_COMMAND = ["python", "-m", "gateway.intake.worker"]
 # service -> (its package, the variable that names its metrics port)
 METRICS = {"audio": ("audio_service", "AUDIO_METRICS_PORT"), "vision": ("vision_service", "VISION_METRICS_PORT")}
 

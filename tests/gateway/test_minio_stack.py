@@ -14,9 +14,9 @@ import pytest
 import requests
 from flask import Flask
 
-from gateway.simulate import send
+from gateway.whatsapp.simulate import send
 from tests.fixtures.gateway import SENDER, SENDER_ID, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, WEBHOOK_URL
-from tests.fixtures.photos import face_photo
+from bench.photo_set import face_photo
 from tests.fixtures.s3 import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mediabot.grpc_metrics import start_metrics_server
 from tests.fixtures.gateway import MediaServer, media_form, reply_of, signed_post
-from tests.fixtures.photos import face_photo, no_face_photo
+from bench.photo_set import face_photo, no_face_photo
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import Backoff, Spool
+from gateway.intake.spool import Backoff, Spool
 
 SID = "MM" + "ab" * 16
 FORM = {"MessageSid": SID, "From": "whatsapp:+15551234567", "NumMedia": "1",
@@ -24,7 +24,7 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 # Holds the lease on SID in another process until its stdin closes, then exits (or is killed).
 _HOLDER = """
 import sys
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 lease = Spool(sys.argv[1]).lease(sys.argv[2])
 print("held" if lease else "none", flush=True)
 sys.stdin.read()

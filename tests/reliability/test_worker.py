@@ -13,10 +13,10 @@ from pathlib import Path
 from flask import Flask
 
 from gateway import replies
-from gateway.intake import Intake
+from gateway.intake.attempt import Intake
 from gateway.processing import MediaProcessor
-from gateway.spool import Backoff, Spool
-from gateway.worker import SpoolWorker
+from gateway.intake.spool import Backoff, Spool
+from gateway.intake.worker import SpoolWorker
 from tests.fixtures.gateway import MediaServer, media_files, media_form, reply_of, signed_post, spooled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_worker_process_exits_on_sigterm_and_leaves_the_spool_for_the_next_start
            "MEDIA_HOST_ALLOWLIST": "127.0.0.1", "SPOOL_RETRY_BASE_S": "30", "SPOOL_RETRY_MAX_S": "60",
            "SPOOL_POLL_S": "0.1", "PATH": "/usr/bin:/bin"}
     (tmp_path / "media").mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "gateway.worker"], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "gateway.intake.worker"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30

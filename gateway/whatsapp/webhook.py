@@ -3,9 +3,9 @@
 Whatever happens inside (bad fields, a dead service, a full disk, a bug), Twilio gets a 200 with TwiML
 the user can read, never a 500 with a stack trace; only an unsigned request gets something else (403).
 
-A message with media is spooled (gateway.spool: on disk, fsync'd) before anything else, then tried once
+A message with media is spooled (gateway.intake.spool: on disk, fsync'd) before anything else, then tried once
 within the webhook's budget under the entry's lease. What a dependency being down or slow left undone
-stays spooled, the user is told it will be done shortly, and the spool worker (gateway.worker) finishes
+stays spooled, the user is told it will be done shortly, and the spool worker (gateway.intake.worker) finishes
 it. Twilio never resends a webhook it got an answer for: the spool is what makes "answered" safe.
 """
 
@@ -22,13 +22,15 @@ from werkzeug.exceptions import HTTPException
 from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.config import WEBHOOK_PATH
-from gateway.inbound import InboundMessage, InvalidWebhook, parse_webhook
-from gateway.intake import Intake
+from gateway.message import InboundMessage, InvalidWebhook
+from gateway.whatsapp.form import parse_webhook
+from gateway.intake.attempt import Intake
 from gateway.privacy import Privacy, parse_command
 from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
-from gateway.signature import twilio_signature_required
-from gateway.spool import Backoff, Lease, Spool
+from gateway.whatsapp.signature import twilio_signature_required
+from gateway.whatsapp.twiml import twiml_response
+from gateway.intake.spool import Backoff, Lease, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,6 @@ def _open_spool(state) -> None:  # noqa: ANN001 (flask's BlueprintSetupState)
         services.store, spool, retention_days=settings.retention_days, notice=settings.privacy_notice,
         policy_url=settings.privacy_policy_url,
     )
-
-
-def twiml_response(text: str, *more: str) -> Response:
-    return Response(replies.twiml(text, *more), status=200, mimetype="text/xml")
 
 
 # strict_slashes off: a webhook configured in the Twilio console as .../whatsapp/ reaches the view (and is
@@ -114,7 +112,7 @@ def spool_and_try(
     channel: str = "whatsapp",
 ) -> tuple[list[str], list[str]]:
     """Spool the message, try it once under its lease, and say per item what became of it. ``form`` is what
-    is spooled (default: this request's Twilio form), ``channel`` how it is read back (gateway.channels)."""
+    is spooled (default: this request's Twilio form), ``channel`` how it is read back (gateway.intake.channels)."""
     services: Services = current_app.extensions["mediabot"]
     spool, intake = current_app.extensions[_INTAKE]
     try:

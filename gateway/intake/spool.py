@@ -79,7 +79,7 @@ class Entry:
     message_sid: str
     form: dict[str, str]
     received_at: datetime
-    # Which parser reads ``form`` (gateway.channels): "whatsapp" (Twilio's fields) or "telegram" (ours).
+    # Which parser reads ``form`` (gateway.intake.channels): "whatsapp" (Twilio's fields) or "telegram" (ours).
     channel: str = "whatsapp"
     # Final outcome per media index ("saved", "no_face", ...): not tried again.
     finals: dict[int, str] = field(default_factory=dict)

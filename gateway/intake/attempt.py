@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from gateway import metrics, replies
 from gateway.budget import Budget
-from gateway.channels import parse_spooled
-from gateway.inbound import InvalidWebhook
+from gateway.intake.channels import parse_spooled
+from gateway.message import InvalidWebhook
 from gateway.processing import ItemResult, MediaProcessor
 from gateway.sender import InvalidSender
-from gateway.spool import Backoff, Lease
+from gateway.intake.spool import Backoff, Lease
 
 logger = logging.getLogger(__name__)
 

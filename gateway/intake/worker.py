@@ -1,4 +1,4 @@
-"""`python -m gateway.worker`: finishes what the webhooks spooled but could not complete in time.
+"""`python -m gateway.intake.worker`: finishes what the webhooks spooled but could not complete in time.
 
 A process of its own (a Procfile line, a second container beside the gateway sharing SPOOL_DIR) rather
 than a thread inside each gunicorn worker, because:
@@ -23,13 +23,13 @@ from datetime import timedelta
 
 from gateway.budget import Budget
 from gateway.config import ConfigError, Settings
-from gateway.intake import Attempt, Intake
+from gateway.intake.attempt import Attempt, Intake
 from gateway.privacy import Privacy
-from gateway.spool import Backoff, Entry, Spool
+from gateway.intake.spool import Backoff, Entry, Spool
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 
-logger = logging.getLogger("gateway.worker")
+logger = logging.getLogger("gateway.intake.worker")
 
 
 class SpoolWorker:
@@ -159,7 +159,7 @@ def _connect(settings: Settings, stop: threading.Event):  # noqa: ANN202 (Servic
     """The gateway's clients; while storage refuses to open (down at boot), wait and try again rather
     than exit: under honcho one exiting process stops them all, and the spool is safe on disk meanwhile."""
     from gateway.services import Services
-    from gateway.store import StoreStartupError
+    from gateway.storage.base import StoreStartupError
 
     backoff = Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s)
     attempt = 0
