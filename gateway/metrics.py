@@ -32,9 +32,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.outcome import Outcome
+
 bp = Blueprint("metrics", __name__)
 
-# Final (or, for "retried", provisional) outcome of one media item, in the words of issue 6:
+# Final (or, for "retried", provisional) outcome of one media item, in the words of issue 6 (each
+# gateway.outcome.Outcome says which it counts as):
 # saved: a new object stored; duplicate: a replay found the object already stored; no_face: a photo with no
 # face (final, nothing stored); rejected: the input is not something we keep (undecodable, unsupported type,
 # too large, disallowed URL); retried: handed to the background worker to try again; failed: given up.
@@ -42,22 +45,9 @@ OUTCOMES = ("saved", "duplicate", "no_face", "rejected", "retried", "failed")
 MEDIA_TYPES = ("audio", "image", "other")
 STAGES = ("download", "convert", "detect", "store")
 
-# Outcome words of gateway.processing.ItemResult that are final and not a failure on our side.
-_FINAL = {
-    "saved": "saved",
-    "already_saved": "duplicate",
-    "no_face": "no_face",
-    "rejected": "rejected",
-    "unsupported": "rejected",
-    "download_failed": "rejected",
-    # The sender erased their data after sending this: dropped on purpose (gateway.privacy).
-    "erased": "rejected",
-}
-
 
 class _Result(Protocol):
-    outcome: str
-    retryable: bool
+    outcome: Outcome
 
 
 class _Item(Protocol):
@@ -109,21 +99,13 @@ def media_type_of(content_type: str) -> str:
     return "other"
 
 
-def outcome_category(item_outcome: str, *, retryable: bool, will_retry: bool) -> str:
-    """The ``outcome`` label for one item's result: a transient failure is "retried" while the spool keeps
-    the message and "failed" once it does not; a final one is saved/duplicate/no_face/rejected, or failed."""
-    if retryable:
-        return "retried" if will_retry else "failed"
-    return _FINAL.get(item_outcome, "failed")
-
-
 def record_attempt(media: Iterable[_Item], results: Mapping[int, _Result], *, will_retry: bool) -> None:
     """Count every item an attempt (webhook or worker) processed: one outcome per item per attempt."""
     for item in media:
         result = results.get(item.index)
         if result is not None:
-            category = outcome_category(result.outcome, retryable=result.retryable, will_retry=will_retry)
-            MEDIA_OUTCOMES.labels(category, media_type_of(item.content_type)).inc()
+            label = result.outcome.counted_as(will_retry=will_retry)
+            MEDIA_OUTCOMES.labels(label, media_type_of(item.content_type)).inc()
 
 
 def record_webhook_answer(outcome: str, started: float) -> None:
@@ -144,17 +126,6 @@ def record_media_received(media: Iterable[_Item]) -> None:
     """Count a verified webhook's media items by type, once per delivery."""
     for item in media:
         MEDIA_RECEIVED.labels(media_type_of(item.content_type)).inc()
-
-
-def record_received(content_type: str) -> None:
-    MEDIA_RECEIVED.labels(media_type_of(content_type)).inc()
-
-
-def record_outcome(outcome: str, content_type: str) -> None:
-    """Count one media item's outcome (one of OUTCOMES); raises ValueError on another word, to catch typos."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
-    MEDIA_OUTCOMES.labels(outcome, media_type_of(content_type)).inc()
 
 
 def record_webhook(result: str) -> None:
