@@ -75,6 +75,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         raise GatewayStartupError(f"gateway: storage: {error}") from None
     except TlsConfigError as error:
         raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
+    except OSError as error:
+        # The intake's spool: SPOOL_DIR cannot be created or written (a read-only or missing volume).
+        raise GatewayStartupError(f"gateway: SPOOL_DIR {settings.spool_dir} cannot be used: {error}") from None
     app.register_blueprint(webhook.bp)
     if settings.telegram_enabled:
         # Only then: without TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET (and outside development mode)

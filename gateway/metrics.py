@@ -6,20 +6,19 @@ them. prometheus-client's multiprocess mode is the library's answer: when PROMET
 files there and /metrics, in whichever worker answers, sums them all. Without the variable (tests, the
 Flask dev server) the process's default registry is served as it is.
 
-The spool belongs to the durable-intake code: it registers a callback with ``set_spool_probe`` and the
-two spool gauges are read from it at scrape time (a directory listing, so any worker reports the same).
+The two spool gauges are read at scrape time from the intake the app was built with (gateway.intake:
+``depth()`` and ``oldest_age_s()``, a directory listing for the spool, so any worker reports the same).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -28,7 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -141,54 +140,52 @@ def stage_timer(stage: str) -> Iterator[None]:
         yield
 
 
-# -- the spool, read at scrape time ---------------------------------------------------------------------
-
-# () -> (items waiting, age in seconds of the oldest, 0 when empty). Set once by the spool's owner.
-SpoolProbe = Callable[[], tuple[int, float]]
-_spool_probe: SpoolProbe | None = None
-_probe_lock = threading.Lock()
+# -- the intake, read at scrape time -------------------------------------------------------------------
 
 
-def set_spool_probe(probe: SpoolProbe | None) -> None:
-    """Register how to read the spool; until then the spool gauges are absent (not a misleading 0)."""
-    global _spool_probe
-    with _probe_lock:
-        _spool_probe = probe
+class _Queue(Protocol):
+    def depth(self) -> int: ...
+
+    def oldest_age_s(self) -> float: ...
 
 
-class _SpoolCollector(Collector):
+class _IntakeCollector(Collector):
+    """The spool gauges of one app's intake (gateway.intake.Intake), for one scrape."""
+
+    def __init__(self, intake: _Queue) -> None:
+        self._intake = intake
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with _probe_lock:
-            probe = _spool_probe
-        if probe is None:
-            return
-        depth, oldest_age_s = probe()
-        yield GaugeMetricFamily("mediabot_gateway_spool_depth", "Webhooks spooled and not yet done.", value=depth)
+        yield GaugeMetricFamily("mediabot_gateway_spool_depth", "Webhooks spooled and not yet done.",
+                                value=self._intake.depth())
         yield GaugeMetricFamily(
             "mediabot_gateway_spool_oldest_age_seconds",
             "Age of the oldest spooled webhook (0 when the spool is empty).",
-            value=oldest_age_s,
+            value=self._intake.oldest_age_s(),
         )
 
 
-_SPOOL_COLLECTOR = _SpoolCollector()
+class _ProcessCollector(Collector):
+    """This process's default registry (the counters above), inside a scrape's own registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
 
 
-def registry() -> CollectorRegistry:
-    """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise."""
+def registry(intake: _Queue) -> CollectorRegistry:
+    """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise, and the
+    intake's gauges. A fresh registry per scrape (the documented multiprocess pattern), so nothing about the
+    app's intake is kept in a module global."""
+    scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # The documented pattern: a fresh registry per scrape, fed by the files of all workers.
-        scrape = CollectorRegistry()
         MultiProcessCollector(scrape)
-        scrape.register(_SPOOL_COLLECTOR)
-        return scrape
-    return REGISTRY
-
-
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    REGISTRY.register(_SPOOL_COLLECTOR)
+    else:
+        scrape.register(_ProcessCollector())
+    scrape.register(_IntakeCollector(intake))
+    return scrape
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(registry()), status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)
+    intake = current_app.extensions["mediabot"].intake
+    return Response(generate_latest(registry(intake)), status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)

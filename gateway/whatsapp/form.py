@@ -10,14 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.message import InboundMessage, InvalidWebhook, MediaItem
+from gateway.message import MAX_MEDIA, InboundMessage, InvalidWebhook, MediaItem
 from gateway.sender import sender_id
 
 # Twilio's Message resource: "^(SM|MM)[0-9a-fA-F]{32}$" (SM for text, MM for media).
 _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
-# A message carries at most 10 media items (Twilio's Media subresource docs).
-MAX_MEDIA = 10
-
 
 __all__ = ["MAX_MEDIA", "parse_webhook"]
 

@@ -191,7 +191,8 @@ def test_readyz_is_ready_when_both_services_serve(vision_gateway: Flask) -> None
     response = vision_gateway.test_client().get("/readyz")
     assert response.status_code == 200
     assert response.json == {
-        "status": "ready", "dependencies": {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING"}
+        "status": "ready",
+        "dependencies": {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING", "intake": "SERVING"},
     }
 
 

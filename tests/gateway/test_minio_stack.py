@@ -41,7 +41,9 @@ def test_simulated_message_lands_in_s3_and_is_listed(
     base = serve_gateway(app)
     ready = requests.get(f"{base}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["dependencies"] == {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING"}
+    assert ready.json()["dependencies"] == {
+        "audio": "SERVING", "vision": "SERVING", "storage": "SERVING", "intake": "SERVING",
+    }
     photo = tmp_path / "face.jpg"
     photo.write_bytes(face_photo())
 

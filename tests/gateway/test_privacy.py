@@ -20,11 +20,12 @@ from flask import Flask
 from gateway import replies
 from gateway.budget import Budget
 from gateway.config import Settings
-from gateway.intake.attempt import Intake
+from gateway.intake.attempt import Attempts
 from gateway.privacy import Command, Privacy, Usage, parse_command
 from gateway.services import Services
 from gateway.whatsapp.simulate import messages_of
 from gateway.intake.spool import Backoff, Spool
+from gateway.intake.spooled import SpoolEraser
 from gateway.storage.filesystem import FilesystemStore
 from gateway.storage.keys import AUDIO, IMAGES, MediaRef
 from gateway.intake.worker import SpoolWorker
@@ -235,7 +236,7 @@ def test_erase_drops_what_is_spooled_for_retry_here_and_elsewhere(
         other = Spool(elsewhere)
         lease = other.lease(message_sid)
         assert lease is not None
-        attempt = Intake(services.processor, Backoff(1, 2), 3600).attempt(lease, Budget(30), skip_finals=True)
+        attempt = Attempts(services.processor, Backoff(1, 2), 3600).attempt(lease, Budget(30), skip_finals=True)
     finally:
         services.close()
     assert [r.outcome for r in attempt.results.values()] == ["erased"] and not attempt.will_retry
@@ -303,7 +304,7 @@ def test_the_worker_sweeps_at_most_once_per_interval(tmp_path: Path) -> None:
         store.put(MediaRef(SENDER_ID, AUDIO, "MM" + f"{days:032x}", 0), b"RIFF", content_type="audio/wav",
                   metadata={}, received_at=now - timedelta(days=days))
     spool = Spool(tmp_path / "spool")
-    retention = Privacy(store, spool, retention_days=7, clock=lambda: now)
+    retention = Privacy(store, SpoolEraser(spool), retention_days=7, clock=lambda: now)
     worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1, privacy=retention,  # type: ignore[arg-type]
                          expire_media=True, sweep_every_s=3600)
     assert worker.sweep_if_due(now=100.0) == 1

@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 from gateway import replies
-from gateway.intake.attempt import Intake
+from gateway.intake.attempt import Attempts
 from gateway.intake.spool import Backoff, Spool
 from gateway.telegram.notify import TelegramNotifier
 from gateway.telegram.simulate import LocalBotApi, message_update
@@ -177,7 +177,7 @@ def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
     spool = Spool(services.settings.spool_dir)
     for path in spool.directory.glob("*.spool"):
         assert TG_TOKEN not in path.read_text()  # the spool holds the file_id, never the token
-    worker = SpoolWorker(spool, Intake(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
+    worker = SpoolWorker(spool, Attempts(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
                          attempt_budget_s=20, notify=TelegramNotifier(services.telegram))
     spool_entry = spool.lease(spooled(media_root)[0])
     assert spool_entry is not None
