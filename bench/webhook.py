@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from gateway.simulate import send
+from gateway.whatsapp.simulate import send
 
 WEBHOOK_P50_TARGET_MS = 250
 

@@ -42,9 +42,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     configuration the real service would refuse.
     """
     # Imported here so `import gateway.config` (the simulator) does not pull in the whole app.
-    from gateway import health, metrics, webhook
+    from gateway import health, metrics
+    from gateway.whatsapp import webhook
     from gateway.services import Services
-    from gateway.store import StoreStartupError
+    from gateway.storage.base import StoreStartupError
     from mediabot.grpc_tls import TlsConfigError
     from mediabot.memory import return_large_buffers_to_the_os
 
@@ -65,7 +66,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if settings.trust_proxy:
         # One proxy hop (ngrok, an ingress): the client's address for the logs is the last X-Forwarded-For
         # entry, the one that proxy added. Only that: the URL a signature is checked against always comes from
-        # PUBLIC_BASE_URL (gateway.signature), never from X-Forwarded-Host/-Proto/-Port/-Prefix.
+        # PUBLIC_BASE_URL (gateway.whatsapp.signature), never from X-Forwarded-Host/-Proto/-Port/-Prefix.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=0, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
     try:
         app.extensions["mediabot"] = Services.from_settings(settings)
@@ -74,6 +75,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         raise GatewayStartupError(f"gateway: storage: {error}") from None
     except TlsConfigError as error:
         raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
+    except OSError as error:
+        # The intake's spool: SPOOL_DIR cannot be created or written (a read-only or missing volume).
+        raise GatewayStartupError(f"gateway: SPOOL_DIR {settings.spool_dir} cannot be used: {error}") from None
     app.register_blueprint(webhook.bp)
     if settings.telegram_enabled:
         # Only then: without TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET (and outside development mode)

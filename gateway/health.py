@@ -1,8 +1,9 @@
 """GET /healthz (the process answers) and GET /readyz (the services it needs answer too).
 
 Readiness asks each gRPC service's standard health service about its own service name, with a short
-deadline, and the store whether it can take writes, so a load balancer stops sending webhooks while the
-audio or vision service or the storage is down instead of every user hearing "couldn't ... right now".
+deadline, the store whether it can take writes, and the intake whether it can keep a message (the spool's
+directory writable), so a load balancer stops sending webhooks while the audio or vision service, the
+storage or the spool is down instead of every user hearing "couldn't ... right now".
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def readyz() -> tuple[Response, int]:
         "vision": _check(services.vision_channel, VISION_SERVICE, timeout),
         # Whichever store is configured: SERVING when it can take writes now (MinIO: the bucket answers).
         "storage": services.store.check(),
+        # Whether a message accepted now would be kept until it is done (gateway.intake).
+        "intake": "SERVING" if services.intake.ready() else "NOT_SERVING",
     }
     ready = all(status == "SERVING" for status in dependencies.values())
     body = {"status": "ready" if ready else "not ready", "dependencies": dependencies}

@@ -34,19 +34,11 @@ from gateway.config import ConfigError, Settings
 from gateway.privacy import Privacy
 from gateway.replies import format_duration
 from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
-from gateway.spool import Spool
-from gateway.store import (
-    AUDIO,
-    EXTENSIONS,
-    IMAGES,
-    InvalidKey,
-    Store,
-    StoredObject,
-    StoreStartupError,
-    newest_first,
-    open_store,
-    parse_key,
-)
+from gateway.intake.spool import Spool
+from gateway.intake.spooled import SpoolEraser
+from gateway.storage.factory import open_store
+from gateway.storage.base import Store, StoreStartupError, StoredObject, newest_first
+from gateway.storage.keys import AUDIO, EXTENSIONS, IMAGES, InvalidKey, parse_key
 from mediabot.logs import configure_logging
 
 
@@ -174,7 +166,7 @@ def _privacy(args: argparse.Namespace, store: Store, settings: Settings, sender:
     """``export`` and ``delete``: the operator's side of gateway.privacy."""
     # This host's spool, if it has one: erasing must not create an empty spool where none was used.
     spool = Spool(settings.spool_dir) if settings.spool_dir.is_dir() else None
-    privacy = Privacy(store, spool)
+    privacy = Privacy(store, SpoolEraser(spool) if spool is not None else None)
     if args.command == "export":
         usage = privacy.export(sender, Path(args.out), by="cli")
         print(f"exported {usage.describe()} to {args.out}", file=sys.stderr)

@@ -8,7 +8,7 @@ container's memory limit. So each item claims what it will hold from one allowan
   reading the body;
 - a voice note also claims the largest WAV the audio service can return before calling it.
 An item that finds the allowance full waits, at most MEDIA_MEMORY_WAIT_S and never past its webhook's
-budget; then it gives up the attempt as retryable, so the spool (gateway.spool) keeps it and the worker
+budget; then it gives up the attempt as retryable, so the spool (gateway.intake.spool) keeps it and the worker
 tries it again later. Nothing is dropped. One item alone always fits: a claim larger than the whole
 allowance is cut to it, so a small setting slows the bot down instead of refusing large media.
 

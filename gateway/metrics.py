@@ -6,20 +6,19 @@ them. prometheus-client's multiprocess mode is the library's answer: when PROMET
 files there and /metrics, in whichever worker answers, sums them all. Without the variable (tests, the
 Flask dev server) the process's default registry is served as it is.
 
-The spool belongs to the durable-intake code: it registers a callback with ``set_spool_probe`` and the
-two spool gauges are read from it at scrape time (a directory listing, so any worker reports the same).
+The two spool gauges are read at scrape time from the intake the app was built with (gateway.intake:
+``depth()`` and ``oldest_age_s()``, a directory listing for the spool, so any worker reports the same).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -28,13 +27,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.outcome import Outcome
+
 bp = Blueprint("metrics", __name__)
 
-# Final (or, for "retried", provisional) outcome of one media item, in the words of issue 6:
+# Final (or, for "retried", provisional) outcome of one media item, in the words of issue 6 (each
+# gateway.outcome.Outcome says which it counts as):
 # saved: a new object stored; duplicate: a replay found the object already stored; no_face: a photo with no
 # face (final, nothing stored); rejected: the input is not something we keep (undecodable, unsupported type,
 # too large, disallowed URL); retried: handed to the background worker to try again; failed: given up.
@@ -42,22 +44,9 @@ OUTCOMES = ("saved", "duplicate", "no_face", "rejected", "retried", "failed")
 MEDIA_TYPES = ("audio", "image", "other")
 STAGES = ("download", "convert", "detect", "store")
 
-# Outcome words of gateway.processing.ItemResult that are final and not a failure on our side.
-_FINAL = {
-    "saved": "saved",
-    "already_saved": "duplicate",
-    "no_face": "no_face",
-    "rejected": "rejected",
-    "unsupported": "rejected",
-    "download_failed": "rejected",
-    # The sender erased their data after sending this: dropped on purpose (gateway.privacy).
-    "erased": "rejected",
-}
-
 
 class _Result(Protocol):
-    outcome: str
-    retryable: bool
+    outcome: Outcome
 
 
 class _Item(Protocol):
@@ -109,21 +98,13 @@ def media_type_of(content_type: str) -> str:
     return "other"
 
 
-def outcome_category(item_outcome: str, *, retryable: bool, will_retry: bool) -> str:
-    """The ``outcome`` label for one item's result: a transient failure is "retried" while the spool keeps
-    the message and "failed" once it does not; a final one is saved/duplicate/no_face/rejected, or failed."""
-    if retryable:
-        return "retried" if will_retry else "failed"
-    return _FINAL.get(item_outcome, "failed")
-
-
 def record_attempt(media: Iterable[_Item], results: Mapping[int, _Result], *, will_retry: bool) -> None:
     """Count every item an attempt (webhook or worker) processed: one outcome per item per attempt."""
     for item in media:
         result = results.get(item.index)
         if result is not None:
-            category = outcome_category(result.outcome, retryable=result.retryable, will_retry=will_retry)
-            MEDIA_OUTCOMES.labels(category, media_type_of(item.content_type)).inc()
+            label = result.outcome.counted_as(will_retry=will_retry)
+            MEDIA_OUTCOMES.labels(label, media_type_of(item.content_type)).inc()
 
 
 def record_webhook_answer(outcome: str, started: float) -> None:
@@ -146,17 +127,6 @@ def record_media_received(media: Iterable[_Item]) -> None:
         MEDIA_RECEIVED.labels(media_type_of(item.content_type)).inc()
 
 
-def record_received(content_type: str) -> None:
-    MEDIA_RECEIVED.labels(media_type_of(content_type)).inc()
-
-
-def record_outcome(outcome: str, content_type: str) -> None:
-    """Count one media item's outcome (one of OUTCOMES); raises ValueError on another word, to catch typos."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
-    MEDIA_OUTCOMES.labels(outcome, media_type_of(content_type)).inc()
-
-
 def record_webhook(result: str) -> None:
     WEBHOOKS.labels(result).inc()
 
@@ -170,54 +140,52 @@ def stage_timer(stage: str) -> Iterator[None]:
         yield
 
 
-# -- the spool, read at scrape time ---------------------------------------------------------------------
-
-# () -> (items waiting, age in seconds of the oldest, 0 when empty). Set once by the spool's owner.
-SpoolProbe = Callable[[], tuple[int, float]]
-_spool_probe: SpoolProbe | None = None
-_probe_lock = threading.Lock()
+# -- the intake, read at scrape time -------------------------------------------------------------------
 
 
-def set_spool_probe(probe: SpoolProbe | None) -> None:
-    """Register how to read the spool; until then the spool gauges are absent (not a misleading 0)."""
-    global _spool_probe
-    with _probe_lock:
-        _spool_probe = probe
+class _Queue(Protocol):
+    def depth(self) -> int: ...
+
+    def oldest_age_s(self) -> float: ...
 
 
-class _SpoolCollector(Collector):
+class _IntakeCollector(Collector):
+    """The spool gauges of one app's intake (gateway.intake.Intake), for one scrape."""
+
+    def __init__(self, intake: _Queue) -> None:
+        self._intake = intake
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with _probe_lock:
-            probe = _spool_probe
-        if probe is None:
-            return
-        depth, oldest_age_s = probe()
-        yield GaugeMetricFamily("mediabot_gateway_spool_depth", "Webhooks spooled and not yet done.", value=depth)
+        yield GaugeMetricFamily("mediabot_gateway_spool_depth", "Webhooks spooled and not yet done.",
+                                value=self._intake.depth())
         yield GaugeMetricFamily(
             "mediabot_gateway_spool_oldest_age_seconds",
             "Age of the oldest spooled webhook (0 when the spool is empty).",
-            value=oldest_age_s,
+            value=self._intake.oldest_age_s(),
         )
 
 
-_SPOOL_COLLECTOR = _SpoolCollector()
+class _ProcessCollector(Collector):
+    """This process's default registry (the counters above), inside a scrape's own registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
 
 
-def registry() -> CollectorRegistry:
-    """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise."""
+def registry(intake: _Queue) -> CollectorRegistry:
+    """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise, and the
+    intake's gauges. A fresh registry per scrape (the documented multiprocess pattern), so nothing about the
+    app's intake is kept in a module global."""
+    scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # The documented pattern: a fresh registry per scrape, fed by the files of all workers.
-        scrape = CollectorRegistry()
         MultiProcessCollector(scrape)
-        scrape.register(_SPOOL_COLLECTOR)
-        return scrape
-    return REGISTRY
-
-
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    REGISTRY.register(_SPOOL_COLLECTOR)
+    else:
+        scrape.register(_ProcessCollector())
+    scrape.register(_IntakeCollector(intake))
+    return scrape
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(registry()), status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)
+    intake = current_app.extensions["mediabot"].intake
+    return Response(generate_latest(registry(intake)), status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)

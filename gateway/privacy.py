@@ -27,12 +27,11 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from gateway.channels import parse_spooled
-from gateway.inbound import InvalidWebhook
 from gateway import replies
-from gateway.sender import InvalidSender, mask_phone, redact_sender
-from gateway.spool import Entry, Spool
-from gateway.store import AUDIO, Store, StoredObject, parse_key
+from gateway.intake import Forgets
+from gateway.sender import mask_phone, redact_sender
+from gateway.storage.base import Store, StoredObject
+from gateway.storage.keys import AUDIO, parse_key
 
 audit = logging.getLogger("gateway.audit")
 logger = logging.getLogger(__name__)
@@ -111,14 +110,14 @@ class Usage:
 @dataclass(frozen=True)
 class Erased:
     media: int  # stored voice messages and photos removed
-    spooled: int  # messages still waiting in this host's spool, removed unprocessed
+    spooled: int  # messages still waiting in the intake (this host's spool), removed unprocessed
 
 
 class Privacy:
     def __init__(
         self,
         store: Store,
-        spool: Spool | None,
+        intake: Forgets | None,
         *,
         retention_days: int | None = None,
         notice: str = "",
@@ -126,7 +125,8 @@ class Privacy:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
-        self._spool = spool
+        # What still waits to be processed (the spool): an erase drops the sender's messages there too.
+        self._intake = intake
         self._retention_days = retention_days
         self._kept_for = f" for {retention_days} days" if retention_days else " until you erase them"
         # An operator's own text is sent as written, on every channel; the built-in one names the channel's words.
@@ -202,7 +202,7 @@ class Privacy:
         now, here or in another process, sees it and removes its own object (gateway.processing)."""
         self._store.set_marker("erased", sender, self._clock())
         media = self._store.erase(sender)
-        spooled = self._spool.remove(lambda entry: _sender_of(entry) == sender) if self._spool else 0
+        spooled = self._intake.forget_sender(sender) if self._intake is not None else 0
         for marker in ("erase_requested", "noticed"):
             self._store.clear_marker(marker, sender)
         audit.info("privacy erase", extra={"sender": mask_phone(sender), "media": media, "spooled": spooled,
@@ -260,13 +260,6 @@ class Privacy:
         if forgotten:
             logger.info("forgot old privacy markers", extra={"forgotten": forgotten})
         return forgotten
-
-
-def _sender_of(entry: Entry) -> str | None:
-    try:
-        return parse_spooled(entry).sender_id
-    except (InvalidSender, InvalidWebhook):
-        return None
 
 
 def _count(n: int, noun: str) -> str:

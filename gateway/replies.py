@@ -1,4 +1,4 @@
-"""Every sentence the bot says, and the TwiML that carries them.
+"""Every sentence the bot says, whichever channel carries it (TwiML for WhatsApp: gateway.whatsapp.twiml).
 
 Kept in one module so the wording stays consistent and the tests can assert on the same constants
 the webhook uses. Each media item gets one sentence; a message gets one reply made of them.
@@ -7,7 +7,6 @@ the webhook uses. Each media item gets one sentence; a message gets one reply ma
 from __future__ import annotations
 
 import grpc
-from twilio.twiml.messaging_response import MessagingResponse
 
 from gateway.download import Failure
 
@@ -97,12 +96,3 @@ def combine(sentences: list[str]) -> str:
     if len(sentences) == 1:
         return sentences[0]
     return "\n".join(f"{n}. {sentence}" for n, sentence in enumerate(sentences, start=1))
-
-
-def twiml(text: str, *more: str) -> str:
-    """The reply as TwiML: one <Message> per text, each a WhatsApp message of its own (the reply first;
-    a privacy notice, when there is one, after it rather than inside it)."""
-    response = MessagingResponse()
-    for one in (text, *more):
-        response.message(one)
-    return str(response)

@@ -10,7 +10,7 @@ the bare number (``15551234567``, filed under ``whatsapp/15551234567/``, as it a
 is ``telegram/{user id}`` (filed under ``telegram/{user id}/``). So a Telegram user whose id happens to be
 digits that are also someone's WhatsApp number can never reach that person's media, markers or spool
 entries: every store, privacy and spool call is keyed by the whole string, and nothing has to remember to
-pass a channel beside it (``gateway.store.sender_prefix`` turns either form into the folder).
+pass a channel beside it (``gateway.storage.keys.sender_prefix`` turns either form into the folder).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Made in the app factory rather than at import, so each gunicorn worker (the app is created after the
 fork, without --preload) gets its own gRPC channels and connection pool, and tests get fresh ones.
+The intake and privacy are built here too, once, so the webhooks, /metrics, /readyz and the spool worker
+all use the same ones.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import grpc
 from gateway.audio_client import AudioClient
 from gateway.config import Settings
 from gateway.download import MediaDownloader
+from gateway.intake import Intake
+from gateway.intake.spooled import SpoolIntake
 from gateway.media_memory import MIB, MediaMemory
+from gateway.privacy import Privacy
 from gateway.processing import MediaProcessor
-from gateway.signature import SignatureChecker
-from gateway.store import Store, open_store
+from gateway.whatsapp.signature import SignatureChecker
+from gateway.storage.factory import open_store
+from gateway.storage.base import Store
 from gateway.telegram.botapi import BotApi, MediaFetcher
 from mediabot import limits
 from mediabot.grpc_tls import channel_credentials
@@ -95,6 +101,9 @@ class Services:
     audio_channel: grpc.Channel
     vision_channel: grpc.Channel
     processor: MediaProcessor
+    # Where verified messages are kept until their media is done (the spool at SPOOL_DIR).
+    intake: Intake
+    privacy: Privacy
     # The Bot API client when Telegram is on (TELEGRAM_BOT_TOKEN, or development mode), else None.
     telegram: BotApi | None = None
 
@@ -133,6 +142,10 @@ class Services:
             max_wav_bytes=limits.max_wav_bytes(settings.audio_max_duration_s),
             memory=MediaMemory(settings.media_memory_mb * MIB, settings.media_memory_wait_s),
         )
+        # An OSError here (SPOOL_DIR cannot be made) stops start-up rather than the first webhook.
+        intake = SpoolIntake.open(settings, processor)
+        privacy = Privacy(store, intake, retention_days=settings.retention_days, notice=settings.privacy_notice,
+                          policy_url=settings.privacy_policy_url)
         return cls(
             settings=settings,
             signatures=SignatureChecker(settings),
@@ -141,6 +154,8 @@ class Services:
             audio_channel=audio_channel,
             vision_channel=vision_channel,
             processor=processor,
+            intake=intake,
+            privacy=privacy,
             telegram=telegram,
         )
 

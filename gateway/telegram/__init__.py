@@ -4,7 +4,7 @@
     updates.py   an Update (pyTelegramBotAPI's types) into the flat form that is spooled, and back
     botapi.py    getFile, the file download and sendMessage, keeping the bot token out of logs and errors
     notify.py    the worker's sendMessage when an item the webhook could not finish is done
-    simulate.py  a local Bot API server and real-shaped updates, for `python -m gateway.simulate --channel telegram`
+    simulate.py  a local Bot API server and real-shaped updates, for `python -m gateway.telegram.simulate`
     __main__.py  `python -m gateway.telegram set-webhook | delete-webhook | info`
 
 Why pyTelegramBotAPI (telebot) and not python-telegram-bot: the gateway runs in gunicorn's synchronous

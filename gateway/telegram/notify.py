@@ -11,12 +11,12 @@ import logging
 
 from gateway import replies
 from gateway.budget import Budget
-from gateway.inbound import InvalidWebhook
-from gateway.intake import Attempt
+from gateway.intake.attempt import Attempt
+from gateway.intake.channels import message_of
+from gateway.intake.spool import Entry
+from gateway.message import TELEGRAM, InvalidWebhook
 from gateway.sender import InvalidSender
-from gateway.spool import Entry
 from gateway.telegram.botapi import BotApi, BotApiError
-from gateway.telegram.updates import inbound_from_form
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +31,19 @@ class TelegramNotifier:
     def __call__(self, entry: Entry, attempt: Attempt) -> bool:
         """Send the outcome of a finished attempt at a Telegram entry; False when there is nothing to send
         (another channel, still to be retried, nothing tried) or it could not be sent (logged)."""
-        if entry.channel != "telegram" or attempt.will_retry or not attempt.results:
+        if attempt.will_retry or not attempt.results:
             return False
         try:
-            message = inbound_from_form(entry.form)
+            message = message_of(entry)
         except (InvalidWebhook, InvalidSender):
+            return False
+        if message.channel != TELEGRAM or message.conversation is None:
             return False
         sentences = [attempt.reply_for(item.index, item.content_type) for item in message.media
                      if item.index in attempt.results]
         try:
-            self._bot.send_message(int(entry.form["ChatId"]), replies.combine(sentences), Budget(_SEND_BUDGET_S),
-                                   reply_to=int(entry.form["MessageId"]))
+            self._bot.send_message(message.conversation.chat_id, replies.combine(sentences),
+                                   Budget(_SEND_BUDGET_S), reply_to=message.conversation.message_id)
         except BotApiError as error:  # the outcome is stored either way; only the message is lost
             logger.warning("could not tell the Telegram user the outcome",
                            extra={"message_sid": entry.message_sid, "error": self._bot.redact(str(error))})

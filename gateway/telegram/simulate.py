@@ -1,6 +1,6 @@
 """Play Telegram without a phone: a local Bot API server, and real-shaped updates posted to the gateway.
 
-    python -m gateway.simulate --channel telegram [--from USER_ID] voice.ogg photo.jpg
+    python -m gateway.telegram.simulate [--from USER_ID] voice.ogg photo.jpg
 
 Each file becomes one message, as in the Telegram apps: ``.ogg``/``.oga``/``.opus`` a voice note, other
 audio an ``audio``, ``.jpg``/``.jpeg`` a ``photo`` (in two PhotoSizes, as Telegram sends them), ``.mp4`` a
@@ -42,7 +42,7 @@ from gateway.config import (
     TELEGRAM_WEBHOOK_PATH,
     default_public_base_url,
 )
-from gateway.simulate import guess_content_type, serving_in_thread
+from gateway.whatsapp.simulate import guess_content_type, serving_in_thread
 from gateway.telegram.webhook import SECRET_HEADER
 
 DEFAULT_USER_ID = 555000111
@@ -268,7 +268,7 @@ def default_url(env: Mapping[str, str] | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.simulate --channel telegram",
+        prog="python -m gateway.telegram.simulate",
         description="Send files to the gateway as Telegram messages, serving them from a local Bot API.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="one message per file (none: --text alone)")
@@ -311,3 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simulate: could not serve the Bot API on {base.netloc}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,10 +6,12 @@ then the few fields the bot acts on are taken out into a flat form of strings, l
     MessageSid, UpdateId, ChatId, ChatType, MessageId, UserId, FirstName, MessageType (voice, audio, document, photo,
     sticker, video, text, ...), Text, FileId, FileSize, ContentType, MediaGroupId
 
-That form is what is spooled (gateway.spool, ``channel: telegram``) and what ``inbound_from_form`` reads,
-at the webhook and again when the worker retries: one validation for both. It holds the file_id, never a
-file URL (those carry the bot token: gateway.telegram.botapi resolves the file with getFile when it is
-processed), and nothing of the user's profile beyond the first name the metadata keeps for WhatsApp too.
+``inbound_from_form`` reads that form into the InboundMessage (channel "telegram", the chat and message to
+reply to as its Conversation), which is what is spooled. Spool entries written before the spool kept the
+message hold this form instead (``channel: telegram``) and are read back through ``inbound_from_form`` too
+(gateway.intake.channels). The form holds the file_id, never a file URL (those carry the bot token:
+gateway.telegram.botapi resolves the file with getFile when it is processed), and nothing of the user's
+profile beyond the first name the metadata keeps for WhatsApp too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from telebot import types
 
-from gateway.inbound import InboundMessage, InvalidWebhook, MediaItem
+from gateway.message import TELEGRAM, Conversation, InboundMessage, InvalidWebhook, MediaItem
 from gateway.sender import InvalidSender, telegram_sender_id
 
 # MediaItem.url of a Telegram file: the file_id, resolved with getFile by gateway.telegram.botapi.
@@ -138,6 +140,8 @@ def inbound_from_form(form: Mapping[str, str]) -> InboundMessage:
         body=form.get("Text") or "",
         message_type=(form.get("MessageType") or "").lower(),
         media=media,
+        channel=TELEGRAM,
+        conversation=Conversation(chat_id=chat_id, message_id=message),
     )
 
 

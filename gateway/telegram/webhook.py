@@ -3,14 +3,14 @@
 Telegram signs nothing: it sends the secret registered with setWebhook in X-Telegram-Bot-Api-Secret-Token,
 compared here in constant time before anything is read (403 without it or with a wrong one: nothing parsed,
 fetched or stored). The JSON becomes an Update with pyTelegramBotAPI (gateway.telegram.updates), and from
-there the message goes the WhatsApp way: privacy commands, the notice on first contact, media spooled and
-tried once within the budget by the same Intake, the same sentences (gateway.replies).
+there the message goes the WhatsApp way: privacy commands, the notice on first contact, media handed to the
+same intake (gateway.intake: spooled, tried once within the budget), the same sentences (gateway.replies).
 
 The reply is the webhook's response: a Bot API method in the body (``{"method": "sendMessage", ...}``),
 which Telegram executes, replying to the user's message; no call out of the gateway, so no token used, for
 the reply. Telegram resends an update until it gets a 2xx, so every answer here is a 200, including for
 updates it cannot act on (a bad one would otherwise come back forever), except the 403 above. A deferred
-outcome (a dependency was down) is sent by the spool worker with sendMessage once known (gateway.worker).
+outcome (a dependency was down) is sent by the spool worker with sendMessage once known (gateway.intake.worker).
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ from werkzeug.exceptions import HTTPException
 from gateway import metrics, replies
 from gateway.budget import Budget
 from gateway.config import TELEGRAM_WEBHOOK_PATH, is_loopback_host
-from gateway.inbound import InvalidWebhook
-from gateway.privacy import Command, CommandWords, Privacy, parse_command
+from gateway.message import InvalidWebhook
+from gateway.privacy import Command, CommandWords, parse_command
 from gateway.sender import InvalidSender, mask_phone
 from gateway.services import Services
 from gateway.telegram.botapi import send_message_params
 from gateway.telegram.updates import UNSUPPORTED_KINDS, TelegramMessage, parse_update
-from gateway.webhook import PRIVACY, spool_and_try
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
     message = found.inbound
     fields = {"message_sid": message.message_sid, "sender": mask_phone(message.sender_id),
               "message_type": message.message_type}
-    privacy: Privacy = current_app.extensions[PRIVACY]
+    privacy = services.privacy
     command = command_of(message.body) if not message.media else None
     if command in ("/start", "/help"):
         return _answer(found.chat_id, found.message_id, HELP, "help", started, **fields)
@@ -144,8 +143,9 @@ def _handle(found: TelegramMessage, services: Services, started: float, received
 
     metrics.record_media_received(message.media)
     budget = Budget(services.settings.webhook_budget_s)
-    sentences, outcomes = spool_and_try(message, budget, received_at, form=found.form, channel="telegram")
-    text = replies.combine(sentences)
+    answers = services.intake.accept(message, budget, received_at)
+    text = replies.combine([answer.sentence for answer in answers])
+    outcomes = [answer.log_word for answer in answers]
     album = found.form.get("MediaGroupId") or ""
     said_before = bool(album) and not current_app.extensions[_ALBUMS].first(found.chat_id, album, text)
     if said_before and not notice:

@@ -1,4 +1,4 @@
-"""Real photos (tests/fixtures/photos.py) turned into detector canvases, and the OpenCV DNN reference.
+"""Real photos (bench/photo_set.py) turned into detector canvases, and the OpenCV DNN reference.
 
 OpenCV is a test-only dependency here: it runs the same prototxt and caffemodel as the reference
 the torch port must agree with.
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from face_model.caffemodel import ReferenceFiles
-from tests.fixtures.photos import photo
+from bench.photo_set import photo
 
 # Photos with faces (one, two, a group, tiny, composited small) and hard negatives.
 PARITY_PHOTOS = (

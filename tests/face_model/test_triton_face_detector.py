@@ -19,7 +19,8 @@ from tritonclient.utils import InferenceServerException
 from face_model.repository import write_face_detector_variant
 from tests.face_model.images import letterbox, rgb
 from tests.face_model.models import detect, face_ssd, served
-from tests.fixtures.triton import MODEL_REPOSITORY, TritonServer
+from bench.support import MODEL_REPOSITORY
+from tests.fixtures.triton import TritonServer
 
 TOLERANCE = 1e-5
 PHOTOS = ("friends", "astronaut", "chelsea_cat", "zidane", "bus", "grace_hopper", "coins", "small_luispedro_on_rocket_4")

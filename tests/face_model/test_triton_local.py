@@ -21,7 +21,7 @@ from face_model.triton_local import (
     server_environment,
     wait_ready,
 )
-from tests.fixtures.triton import REPO_ROOT, free_port
+from bench.support import REPO_ROOT, free_port
 
 IDENTITY_REPOSITORY = Path(__file__).parent / "identity_repository"
 

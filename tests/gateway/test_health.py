@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from flask import Flask
 
 from audio_service.config import Settings as AudioSettings
 from audio_service.server import create_server
+from gateway import GatewayStartupError
 
 
 @pytest.fixture
@@ -36,14 +38,16 @@ def test_readyz_names_the_dependency_that_is_down(gateway_app: Flask) -> None:
     assert response.status_code == 503
     assert response.json == {
         "status": "not ready",
-        "dependencies": {"audio": "SERVING", "vision": "UNAVAILABLE", "storage": "SERVING"},
+        "dependencies": {"audio": "SERVING", "vision": "UNAVAILABLE", "storage": "SERVING", "intake": "SERVING"},
     }
 
 
 def test_readyz_with_everything_down(make_gateway: Callable[..., Flask]) -> None:
     response = make_gateway(HEALTH_CHECK_TIMEOUT_S="0.5").test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json["dependencies"] == {"audio": "UNAVAILABLE", "vision": "UNAVAILABLE", "storage": "SERVING"}
+    assert response.json["dependencies"] == {
+        "audio": "UNAVAILABLE", "vision": "UNAVAILABLE", "storage": "SERVING", "intake": "SERVING",
+    }
 
 
 def test_readyz_reports_a_service_that_answers_but_is_not_serving(
@@ -59,3 +63,20 @@ def test_readyz_reports_storage_that_went_away(make_gateway: Callable[..., Flask
     assert client.get("/readyz").json["dependencies"]["storage"] == "SERVING"
     media_root.rmdir()  # e.g. a volume unmounted under the running gateway
     assert client.get("/readyz").json["dependencies"]["storage"] == "MISSING"
+
+
+def test_readyz_reports_a_spool_that_went_away(make_gateway: Callable[..., Flask]) -> None:
+    app = make_gateway()
+    client = app.test_client()
+    spool_dir = app.extensions["mediabot"].settings.spool_dir
+    assert client.get("/readyz").json["dependencies"]["intake"] == "SERVING"
+    shutil.rmtree(spool_dir)  # e.g. the spool's volume unmounted: a message accepted now would not be kept
+    assert client.get("/readyz").json["dependencies"]["intake"] == "NOT_SERVING"
+
+
+def test_the_gateway_does_not_start_with_a_spool_dir_it_cannot_use(
+    make_gateway: Callable[..., Flask], tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(GatewayStartupError, match=r"SPOOL_DIR .*a-file/spool cannot be used"):
+        make_gateway(SPOOL_DIR=str(tmp_path / "a-file" / "spool"))

@@ -1,6 +1,6 @@
 """Photos end to end: the real vision service on a real Triton decides, the gateway keeps only faces.
 
-Photos come from installed registry packages (tests/fixtures/photos.py); Triton and the vision service
+Photos come from installed registry packages (bench/photo_set.py); Triton and the vision service
 are the session's real servers (tests/fixtures/triton.py, tests/fixtures/vision.py).
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from gateway import replies
 from tests.fixtures.gateway import SENDER_ID, MediaServer, media_files, media_form, reply_of, signed_post, stored_files
-from tests.fixtures.photos import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
+from bench.photo_set import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
 
 SAVED_PHOTO = re.compile(r"Saved your photo \((\d+) faces? found\)\.")
 
@@ -120,7 +120,7 @@ def test_several_photos_with_mixed_results_get_one_reply(
     lines = reply_of(signed_post(vision_gateway.test_client(), form)).split("\n")
     assert lines[0] == "1. Saved your photo (1 face found)."
     assert lines[1] == f"2. {replies.NO_FACE}"
-    # The six faces the photo set counts (tests/fixtures/photos.py); duplicates or misses would show here.
+    # The six faces the photo set counts (bench/photo_set.py); duplicates or misses would show here.
     assert lines[2] == f"3. Saved your photo ({photo('friends').faces} faces found)."
     assert [p.name.split("_", 1)[1] for p in image_files(media_root)] == [
         f"{form['MessageSid']}_0.jpg", f"{form['MessageSid']}_2.jpg"
@@ -191,7 +191,8 @@ def test_readyz_is_ready_when_both_services_serve(vision_gateway: Flask) -> None
     response = vision_gateway.test_client().get("/readyz")
     assert response.status_code == 200
     assert response.json == {
-        "status": "ready", "dependencies": {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING"}
+        "status": "ready",
+        "dependencies": {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING", "intake": "SERVING"},
     }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.inbound import InvalidWebhook, parse_webhook
+from gateway.message import InvalidWebhook
+from gateway.whatsapp.form import parse_webhook
 from gateway.sender import InvalidSender
 from tests.fixtures.gateway import media_form
 

@@ -11,7 +11,9 @@ import pytest
 
 from gateway.config import Settings
 from gateway.media import main
-from gateway.store import AUDIO, IMAGES, MediaRef, Store, open_store
+from gateway.storage.factory import open_store
+from gateway.storage.base import Store
+from gateway.storage.keys import AUDIO, IMAGES, MediaRef
 from tests.fixtures.s3 import SeaweedS3, new_bucket_name
 
 WHEN = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)

@@ -17,10 +17,10 @@ from flask import Flask
 
 from gateway import replies
 from gateway.budget import Budget
-from gateway.intake import Intake
+from gateway.intake.attempt import Attempts
 from gateway.media_memory import MIB, MediaMemory, MemoryBusy
 from gateway.processing import MAX_WAV_BYTES
-from gateway.spool import Backoff, Spool
+from gateway.intake.spool import Backoff, Spool
 from tests.fixtures.gateway import MediaServer, media_files, media_form, reply_of, signed_post, spooled
 
 
@@ -91,9 +91,9 @@ def test_a_voice_note_finding_no_room_is_spooled_then_converted(
     assert media_files(media_root) == []
     assert spooled(media_root) == [form["MessageSid"]]
 
-    # With the room back, the spool's next attempt (what gateway.worker runs) converts and stores it.
+    # With the room back, the spool's next attempt (what gateway.intake.worker runs) converts and stores it.
     spool = Spool(services.settings.spool_dir)
-    intake = Intake(services.processor, Backoff(0.1, 0.1), give_up_after_s=3600)
+    intake = Attempts(services.processor, Backoff(0.1, 0.1), give_up_after_s=3600)
     lease = spool.lease(form["MessageSid"])
     assert lease is not None
     attempt = intake.attempt(lease, Budget(10), skip_finals=True)

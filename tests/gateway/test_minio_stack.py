@@ -14,9 +14,9 @@ import pytest
 import requests
 from flask import Flask
 
-from gateway.simulate import send
+from gateway.whatsapp.simulate import send
 from tests.fixtures.gateway import SENDER, SENDER_ID, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, WEBHOOK_URL
-from tests.fixtures.photos import face_photo
+from bench.photo_set import face_photo
 from tests.fixtures.s3 import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,9 @@ def test_simulated_message_lands_in_s3_and_is_listed(
     base = serve_gateway(app)
     ready = requests.get(f"{base}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["dependencies"] == {"audio": "SERVING", "vision": "SERVING", "storage": "SERVING"}
+    assert ready.json()["dependencies"] == {
+        "audio": "SERVING", "vision": "SERVING", "storage": "SERVING", "intake": "SERVING",
+    }
     photo = tmp_path / "face.jpg"
     photo.write_bytes(face_photo())
 

@@ -19,10 +19,12 @@ import pytest
 from flask import Flask
 from minio.error import S3Error
 
-from gateway import replies, s3_metadata
+from gateway import replies
+from gateway.storage import s3_metadata
 from gateway.config import Settings
-from gateway.minio_store import BOOKKEEPING_PREFIX, MinioStore, _put_if_absent, claim_name, overflow_object
-from gateway.store import AUDIO, IMAGES, MediaRef, StoreStartupError, StoreUnavailable, media_key
+from gateway.storage.s3 import BOOKKEEPING_PREFIX, MinioStore, _put_if_absent, claim_name, overflow_object
+from gateway.storage.base import StoreStartupError, StoreUnavailable
+from gateway.storage.keys import AUDIO, IMAGES, MediaRef, media_key
 from tests.fixtures.gateway import MediaServer, closed_port_addr, free_port, media_form, reply_of, signed_post
 from tests.fixtures.s3 import SeaweedS3
 

@@ -20,13 +20,15 @@ from flask import Flask
 from gateway import replies
 from gateway.budget import Budget
 from gateway.config import Settings
-from gateway.intake import Intake
+from gateway.intake.attempt import Attempts
 from gateway.privacy import Command, Privacy, Usage, parse_command
 from gateway.services import Services
-from gateway.simulate import messages_of
-from gateway.spool import Backoff, Spool
-from gateway.store import AUDIO, IMAGES, FilesystemStore, MediaRef
-from gateway.worker import SpoolWorker
+from gateway.whatsapp.simulate import messages_of
+from gateway.intake.spool import Backoff, Spool
+from gateway.intake.spooled import SpoolEraser
+from gateway.storage.filesystem import FilesystemStore
+from gateway.storage.keys import AUDIO, IMAGES, MediaRef
+from gateway.intake.worker import SpoolWorker
 from tests.fixtures.s3 import SeaweedS3
 from tests.fixtures.gateway import (
     SENDER,
@@ -234,7 +236,7 @@ def test_erase_drops_what_is_spooled_for_retry_here_and_elsewhere(
         other = Spool(elsewhere)
         lease = other.lease(message_sid)
         assert lease is not None
-        attempt = Intake(services.processor, Backoff(1, 2), 3600).attempt(lease, Budget(30), skip_finals=True)
+        attempt = Attempts(services.processor, Backoff(1, 2), 3600).attempt(lease, Budget(30), skip_finals=True)
     finally:
         services.close()
     assert [r.outcome for r in attempt.results.values()] == ["erased"] and not attempt.will_retry
@@ -302,7 +304,7 @@ def test_the_worker_sweeps_at_most_once_per_interval(tmp_path: Path) -> None:
         store.put(MediaRef(SENDER_ID, AUDIO, "MM" + f"{days:032x}", 0), b"RIFF", content_type="audio/wav",
                   metadata={}, received_at=now - timedelta(days=days))
     spool = Spool(tmp_path / "spool")
-    retention = Privacy(store, spool, retention_days=7, clock=lambda: now)
+    retention = Privacy(store, SpoolEraser(spool), retention_days=7, clock=lambda: now)
     worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1, privacy=retention,  # type: ignore[arg-type]
                          expire_media=True, sweep_every_s=3600)
     assert worker.sweep_if_due(now=100.0) == 1
@@ -315,10 +317,10 @@ def test_the_worker_sweeps_at_most_once_per_interval(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_worker_process_expires_old_media_on_the_filesystem(media_root: Path) -> None:
-    """`python -m gateway.worker` with RETENTION_DAYS: what is older goes, what is younger stays."""
+    """`python -m gateway.intake.worker` with RETENTION_DAYS: what is older goes, what is younger stays."""
     old, young = _old_voice(media_root, days=3), _old_voice(media_root, days=1)
     env = {**os.environ, **{k: str(v) for k, v in gateway_env(media_root, RETENTION_DAYS="2").items()}}
-    worker = subprocess.Popen([sys.executable, "-m", "gateway.worker"], cwd=REPO, env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "gateway.intake.worker"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = datetime.now(UTC) + timedelta(seconds=30)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import s3_metadata
-from gateway.s3_metadata import MAX_BYTES, decode, encode, size_of
+from gateway.storage import s3_metadata
+from gateway.storage.s3_metadata import MAX_BYTES, decode, encode, size_of
 
 KEY = "whatsapp/15551234567/images/20250304T050607Z_MM" + "0" * 32 + "_0.jpg"
 

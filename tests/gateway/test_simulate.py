@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from gateway import simulate
+from gateway.whatsapp import simulate
 from gateway.config import DEV_ACCOUNT_SID
 from tests.fixtures.gateway import (
     TEST_ACCOUNT_SID,
@@ -176,9 +176,9 @@ class TestCommandLine:
 
 @pytest.mark.slow
 def test_simulator_against_the_make_run_processes(local_stack: Stack, voice_note: Path) -> None:
-    """`make run` + `python -m gateway.simulate --from ... voice.ogg` in a fresh checkout: a WAV under the sender."""
+    """`make run` + `python -m gateway.whatsapp.simulate --from ... voice.ogg` in a fresh checkout: a WAV under the sender."""
     completed = subprocess.run(
-        [sys.executable, "-m", "gateway.simulate", "--from", "+15551234567", str(voice_note)],
+        [sys.executable, "-m", "gateway.whatsapp.simulate", "--from", "+15551234567", str(voice_note)],
         env=local_stack.env, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
     )
     assert completed.returncode == 0, completed.stderr + local_stack.log_tail()

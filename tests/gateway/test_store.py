@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.minio_store import MinioStore
-from gateway.store import AUDIO, IMAGES, FilesystemStore, InvalidKey, MediaRef, Store, StoredObject, media_key
+from gateway.storage.s3 import MinioStore
+from gateway.storage.base import Store, StoredObject
+from gateway.storage.filesystem import FilesystemStore
+from gateway.storage.keys import AUDIO, IMAGES, InvalidKey, MediaRef, media_key
 from tests.fixtures.gateway import stored_files
 
 SID = "MM" + "0123456789abcdef" * 2

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.config import Settings
-from gateway.minio_store import MinioStore
+from gateway.storage.s3 import MinioStore
 from gateway.privacy import Privacy
-from gateway.store import AUDIO, IMAGES, FilesystemStore, InvalidKey, MediaRef, Store, parse_key
+from gateway.storage.base import Store
+from gateway.storage.filesystem import FilesystemStore
+from gateway.storage.keys import AUDIO, IMAGES, InvalidKey, MediaRef, parse_key
 from tests.fixtures.gateway import stored_files
 from tests.fixtures.s3 import SeaweedS3
 

@@ -17,13 +17,13 @@ import pytest
 from flask import Flask
 
 from gateway import replies
-from gateway.intake import Intake
-from gateway.spool import Backoff, Spool
+from gateway.intake.attempt import Attempts
+from gateway.intake.spool import Backoff, Spool
 from gateway.telegram.notify import TelegramNotifier
 from gateway.telegram.simulate import LocalBotApi, message_update
 from gateway.telegram.updates import message_id
 from gateway.telegram.webhook import HELP
-from gateway.worker import SpoolWorker
+from gateway.intake.worker import SpoolWorker
 from tests.fixtures.gateway import SENDER_ID, MediaServer, closed_port_addr, spooled
 from tests.fixtures.telegram import (
     TG_SECRET,
@@ -130,7 +130,7 @@ def test_album_photos_are_each_judged(
     make_gateway: Callable[..., Flask], audio_server: str, vision_server: str, bot_api: LocalBotApi,
     media_root: Path, tmp_path: Path
 ) -> None:
-    from tests.fixtures.photos import face_photo, no_face_photo
+    from bench.photo_set import face_photo, no_face_photo
 
     app = make_gateway(AUDIO_SERVICE_ADDR=audio_server, VISION_SERVICE_ADDR=vision_server, VISION_RPC_TIMEOUT_S="10",
                        **telegram_env(bot_api))
@@ -177,7 +177,7 @@ def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
     spool = Spool(services.settings.spool_dir)
     for path in spool.directory.glob("*.spool"):
         assert TG_TOKEN not in path.read_text()  # the spool holds the file_id, never the token
-    worker = SpoolWorker(spool, Intake(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
+    worker = SpoolWorker(spool, Attempts(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
                          attempt_budget_s=20, notify=TelegramNotifier(services.telegram))
     spool_entry = spool.lease(spooled(media_root)[0])
     assert spool_entry is not None
@@ -233,7 +233,7 @@ def test_privacy_commands_see_and_erase_only_the_telegram_senders_data(
 ) -> None:
     from datetime import UTC, datetime
 
-    from gateway.store import AUDIO, MediaRef
+    from gateway.storage.keys import AUDIO, MediaRef
 
     post_update(telegram_gateway, file_update(bot_api, voice_note))
     # A WhatsApp user whose number has the same digits as the Telegram user's id.

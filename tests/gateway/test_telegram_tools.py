@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from gateway import simulate
+from gateway.telegram import simulate as telegram_simulate
 from gateway.telegram import __main__ as telegram_cli
 from gateway.telegram.simulate import LocalBotApi
 from tests.fixtures.gateway import PUBLIC_BASE_URL, free_port
@@ -59,12 +59,12 @@ def test_simulator_plays_telegram_against_a_served_gateway(
     monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", TG_SECRET)
     monkeypatch.setenv("TELEGRAM_API_BASE_URL", api_base)
 
-    code = simulate.main(["--channel", "telegram", "--from", "777000", "--url", url, str(voice_note)])
+    code = telegram_simulate.main(["--from", "777000", "--url", url, str(voice_note)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("Saved your voice message (")
     assert len(telegram_files(media_root, user_id=777000, kind="audio")) == 1
-    assert simulate.main(["--channel", "telegram", "--from", "777000", "--url", url, "--text", "/mydata"]) == 0
+    assert telegram_simulate.main(["--from", "777000", "--url", url, "--text", "/mydata"]) == 0
     assert capsys.readouterr().out.startswith("I keep 1 voice message and 0 photos")
 
     # The operator's view: `gateway.media list --sender telegram:ID` shows it, and only it.

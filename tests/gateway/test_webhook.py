@@ -404,12 +404,12 @@ def test_a_bug_in_one_item_still_gets_a_reply_for_every_item(
 def test_a_bug_outside_the_items_is_still_answered_with_twiml(
     gateway_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.webhook
+    import gateway.whatsapp.webhook
 
     def broken(form: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gateway.webhook, "parse_webhook", broken)
+    monkeypatch.setattr(gateway.whatsapp.webhook, "parse_webhook", broken)
     response = signed_post(gateway_app.test_client(), media_form([]))
     assert reply_of(response) == replies.INTERNAL_ERROR
     assert b"Traceback" not in response.data

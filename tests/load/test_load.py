@@ -32,7 +32,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.simulate import reply_text, sign
+from gateway.whatsapp.simulate import reply_text, sign
 from gateway.telegram.simulate import LocalBotApi, file_content, message_update
 from gateway.telegram.webhook import SECRET_HEADER
 from tests.fixtures.gateway import (

@@ -166,7 +166,7 @@ def gateway_procs(tmp: Path, env: dict[str, str]) -> tuple[Proc, Proc]:
          "--timeout", "30", "--graceful-timeout", "15", "gateway:create_app()"],
         env, tmp / "gateway.log", http_ok(f"http://127.0.0.1:{port}/healthz"),
     )
-    worker = Proc("worker", [sys.executable, "-m", "gateway.worker"], env, tmp / "worker.log",
+    worker = Proc("worker", [sys.executable, "-m", "gateway.intake.worker"], env, tmp / "worker.log",
                   lambda: _logged(tmp / "worker.log", "spool worker started"))
     return gunicorn, worker
 

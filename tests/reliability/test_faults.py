@@ -31,11 +31,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.simulate import MediaHost, send, serve_media
-from gateway.spool import Spool
-from gateway.store import AUDIO, IMAGES, is_media_key, parse_key
+from gateway.whatsapp.simulate import MediaHost, send, serve_media
+from gateway.intake.spool import Spool
+from gateway.storage.keys import AUDIO, IMAGES, is_media_key, parse_key
 from tests.fixtures.gateway import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
-from tests.fixtures.photos import face_photo, no_face_photo
+from bench.photo_set import face_photo, no_face_photo
 from tests.fixtures.s3 import SeaweedS3, new_bucket_name
 from tests.reliability.stack import (
     Figures,
@@ -80,7 +80,7 @@ class Media:
     video: Path
 
     def plan(self, n: int) -> list[Planned]:
-        from gateway.simulate import new_sid
+        from gateway.whatsapp.simulate import new_sid
 
         shapes: list[tuple[tuple[tuple[Path, str], ...], dict[int, str]]] = [
             (((self.voice, "audio/ogg"),), {0: AUDIO}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from pathlib import Path
 from flask import Flask
 
 from gateway import replies
-from gateway.intake import Intake
+from gateway.intake.attempt import Attempts
+from gateway.intake.spool import Backoff, Spool
+from gateway.intake.worker import SpoolWorker
 from gateway.processing import MediaProcessor
-from gateway.spool import Backoff, Spool
-from gateway.worker import SpoolWorker
+from gateway.whatsapp.form import parse_webhook
 from tests.fixtures.gateway import MediaServer, media_files, media_form, reply_of, signed_post, spooled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,8 +39,8 @@ def worker_for(app: Flask, *, give_up_after_s: float = 3600.0, audio_addr: str |
             vision=processor._vision, audio_timeout_s=10, vision_timeout_s=10,  # noqa: SLF001
             max_media_bytes=services.settings.max_media_bytes,
         )
-    intake = Intake(processor, Backoff(0.01, 0.02), give_up_after_s)
-    return SpoolWorker(Spool(services.settings.spool_dir), intake, poll_s=0.05, attempt_budget_s=20)
+    attempts = Attempts(processor, Backoff(0.01, 0.02), give_up_after_s)
+    return SpoolWorker(Spool(services.settings.spool_dir), attempts, poll_s=0.05, attempt_budget_s=20)
 
 
 def test_what_failed_in_the_webhook_is_finished_by_the_worker(
@@ -63,6 +65,25 @@ def test_what_failed_in_the_webhook_is_finished_by_the_worker(
     # A delivery after the worker finished finds the stored object: no second one.
     assert reply_of(signed_post(app.test_client(), form)).startswith("1. Saved your voice message (")
     assert len(media_files(media_root)) == 2 and spooled(media_root) == []
+
+
+def test_an_entry_written_by_the_version_before_is_still_finished(
+    make_gateway: Callable[..., Flask], audio_server: str, media_server: MediaServer, media_root: Path,
+    voice_note: Path,
+) -> None:
+    """An upgrade with entries on disk loses nothing: line 1 as the version before wrote it (the Twilio form,
+    no parsed message) is read with the parser of then, and the worker converts and stores the voice note."""
+    app = make_gateway()
+    url = media_server.add("/media/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
+    form = media_form([(url, "audio/ogg")])
+    spool_dir = app.extensions["mediabot"].settings.spool_dir
+    line_1 = {"message_sid": form["MessageSid"], "received_at": "2026-01-02T03:04:05+00:00", "form": form}
+    (spool_dir / f"{form['MessageSid']}.spool").write_text(json.dumps(line_1, separators=(",", ":")) + "\n")
+
+    assert worker_for(app, audio_addr=audio_server).run_once() == 1
+    assert spooled(media_root) == []
+    [wav, _] = media_files(media_root)
+    assert wav.name == f"20260102T030405Z_{form['MessageSid']}_0.wav" and "15551234567" in str(wav)
 
 
 def test_a_final_outcome_is_not_retried(
@@ -96,12 +117,12 @@ def test_worker_process_exits_on_sigterm_and_leaves_the_spool_for_the_next_start
             "MediaUrl0": "http://127.0.0.1:9/x", "MediaContentType0": "audio/ogg"}
     from datetime import UTC, datetime
 
-    spool.add(sid, form, datetime.now(UTC)).release()
+    spool.add(parse_webhook(form), datetime.now(UTC)).release()
     env = {"SPOOL_DIR": str(spool.directory), "MEDIA_ROOT": str(tmp_path / "media"), "STORAGE": "filesystem",
            "MEDIA_HOST_ALLOWLIST": "127.0.0.1", "SPOOL_RETRY_BASE_S": "30", "SPOOL_RETRY_MAX_S": "60",
            "SPOOL_POLL_S": "0.1", "PATH": "/usr/bin:/bin"}
     (tmp_path / "media").mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "gateway.worker"], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "gateway.intake.worker"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30

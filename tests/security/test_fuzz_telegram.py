@@ -11,9 +11,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.inbound import InvalidWebhook
+from gateway.message import InvalidWebhook
 from gateway.sender import InvalidSender
-from gateway.store import MediaRef
+from gateway.storage.keys import MediaRef
 from gateway.telegram.updates import FILE_SCHEME, inbound_from_form, parse_update
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

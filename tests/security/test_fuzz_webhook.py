@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import create_app
-from gateway.inbound import MAX_MEDIA, InvalidWebhook, parse_webhook
+from gateway.message import InvalidWebhook
+from gateway.whatsapp.form import MAX_MEDIA, parse_webhook
 from gateway.sender import InvalidSender, mask_phone, sender_id
 from tests.fixtures.gateway import gateway_env, media_form, reply_of, signed_post
 

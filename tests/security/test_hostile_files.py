@@ -20,7 +20,7 @@ from gateway import replies
 from bench.hostile_media import CORPUS as HOSTILE_MEDIA
 from bench.hostile_media import big_message_items, video_with_huge_frame
 from tests.fixtures.gateway import MediaServer, media_files, media_form, reply_of, signed_post, spooled
-from tests.fixtures.photos import face_photo
+from bench.photo_set import face_photo
 from tests.vision_service.images import face_image, truncated_jpeg
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.simulate import send
+from gateway.whatsapp.simulate import send
 from tests.fixtures.audio import make_sample
-from tests.fixtures.photos import face_photo, no_face_photo
+from bench.photo_set import face_photo, no_face_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "15551234567"
@@ -132,7 +132,7 @@ def test_photo_with_a_face_is_kept_and_one_without_is_not(stack: Stack, tmp_path
 def test_the_simulator_cli_prints_the_reply(stack: Stack, tmp_path: Path) -> None:
     voice = make_sample("mp3", tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.simulate", "--from", "+15550001111", "--url", stack.url, str(voice)],
+        [sys.executable, "-m", "gateway.whatsapp.simulate", "--from", "+15550001111", "--url", stack.url, str(voice)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -149,7 +149,7 @@ def test_a_sender_sees_and_erases_their_data_from_the_chat(stack: Stack, tmp_pat
 
     def say(body: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.simulate", "--from", sender, "--url", stack.url, "--body", body],
+            [sys.executable, "-m", "gateway.whatsapp.simulate", "--from", sender, "--url", stack.url, "--body", body],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 0, done.stderr
@@ -164,13 +164,13 @@ def test_a_sender_sees_and_erases_their_data_from_the_chat(stack: Stack, tmp_pat
 
 
 def test_telegram_with_no_configuration_saves_a_voice_note_and_a_face_photo(stack: Stack, tmp_path: Path) -> None:
-    """`make run` + `python -m gateway.simulate --channel telegram`: the issue's "done when", through the
+    """`make run` + `python -m gateway.telegram.simulate`: the issue's "done when", through the
     Procfile's processes, the development token and secret, and the simulator's local Bot API."""
     voice = make_sample("ogg_opus", tmp_path)
     (tmp_path / "face.jpg").write_bytes(face_photo())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "PUBLIC_BASE_URL"))}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.simulate", "--channel", "telegram", "--from", "4242424",
+        [sys.executable, "-m", "gateway.telegram.simulate", "--from", "4242424",
          "--url", stack.url.replace("/whatsapp", "/telegram"), str(voice), str(tmp_path / "face.jpg")],
         cwd=ROOT, capture_output=True, text=True, timeout=90,
         env={**env, "TELEGRAM_API_BASE_URL": stack.env["TELEGRAM_API_BASE_URL"]},

@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from tests.fixtures.audio import make_sample
-from tests.fixtures.photos import face_photo, no_face_photo
+from bench.photo_set import face_photo, no_face_photo
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def _quick_start_commands() -> list[str]:
 
 def _simulator_command() -> list[str]:
     """The simulator line the README shows right after the quick start."""
-    match = re.search(r"^(\.venv/bin/python -m gateway\.simulate [^\n]*)$", README, re.M)
+    match = re.search(r"^(\.venv/bin/python -m gateway\.whatsapp\.simulate [^\n]*)$", README, re.M)
     assert match, "README.md no longer shows how to run the simulator"
     return match.group(1).split()
 

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from bench.hostile_media import png_bomb  # noqa: F401 (one generator for the decoder tests and the corpus)
-from tests.fixtures.photos import face_photo
+from bench.photo_set import face_photo
 
 EXIF_ORIENTATION = 0x0112
 

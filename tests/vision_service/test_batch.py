@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.photos import photo
-from tests.fixtures.photos import GRACE_HOPPER_FACE
+from bench.photo_set import photo
+from bench.photo_set import GRACE_HOPPER_FACE
 from vision_service.detector import TritonDetector
 from vision_service.pipeline import Limits, ViewPolicy, find_faces
 from vision_service.views import TILE_OVERLAP, TileGrid, render, upright_views

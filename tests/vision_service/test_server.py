@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from mediabot.v1 import vision_pb2
-from tests.fixtures.photos import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
+from bench.photo_set import GRACE_HOPPER_FACE, face_photo, no_face_photo, photo
 from tests.fixtures.vision import SERVING, health_status, wait_for_health
 from tests.vision_service.images import (
     IMAGE_MODES,

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from mediabot.v1 import vision_pb2
-from tests.fixtures.photos import face_photo
+from bench.photo_set import face_photo
 from tests.fixtures.vision import NOT_SERVING, SERVING, wait_for_health
 
 

@@ -4,13 +4,13 @@ Twilio does not resend a webhook it got a 200 for, so once the gateway has answe
 only copy of "this message still needs work". Layout, in SPOOL_DIR:
 
     {MessageSid}.spool   one entry per message, JSON lines, append-only:
-                         line 1 the webhook (form fields and arrival time, never the media: Twilio keeps
-                         that at its URL); then one line per event: an item's final outcome, or an
-                         attempt that must be retried (with the time it is due again). A Telegram
-                         message is the same with "channel": "telegram" on line 1 and as its form the
-                         fields gateway.telegram.updates takes out of the update (ids, file_id, type;
-                         never the bot token or a file URL: getFile runs when the item is processed);
-                         no "channel" means WhatsApp
+                         line 1 the message as the webhook parsed it ("message": gateway.message.to_json,
+                         with its channel, and its arrival time; never the media: Twilio keeps that at its
+                         URL, Telegram behind a file_id, never the bot token or a file URL); then one line
+                         per event: an item's final outcome, or an attempt that must be retried (with the
+                         time it is due again). Entries written before the spool kept the parsed message
+                         have the channel's raw fields as "form" (and "channel": "telegram" for Telegram)
+                         instead; they are still read (gateway.intake.channels.message_of)
     failed/              entries given up on after SPOOL_GIVE_UP_AFTER_S, kept for a person to look at
 
 Why this shape:
@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.message import InboundMessage, to_json
+
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".spool"
@@ -77,9 +79,12 @@ class Entry:
     """One spooled message as read from disk: the webhook and what has happened to it since."""
 
     message_sid: str
-    form: dict[str, str]
     received_at: datetime
-    # Which parser reads ``form`` (gateway.channels): "whatsapp" (Twilio's fields) or "telegram" (ours).
+    # The message as gateway.message.to_json wrote it (read back with gateway.intake.channels.message_of).
+    message: dict[str, object] | None = None
+    # An entry written before the spool kept the message: the channel's raw fields, and which channel's
+    # parser reads them ("whatsapp": Twilio's form, "telegram": gateway.telegram.updates' form).
+    form: dict[str, str] | None = None
     channel: str = "whatsapp"
     # Final outcome per media index ("saved", "no_face", ...): not tried again.
     finals: dict[int, str] = field(default_factory=dict)
@@ -141,16 +146,13 @@ class Spool:
         self.directory = Path(directory)
         (self.directory / FAILED_DIR).mkdir(parents=True, exist_ok=True)
 
-    def add(
-        self, message_sid: str, form: Mapping[str, str], received_at: datetime, *, channel: str = "whatsapp"
-    ) -> Lease | None:
-        """Spool a webhook and return the lease on its new entry; None when the entry already exists
-        (another delivery of the same MessageSid is spooled: ``lease()`` it instead)."""
+    def add(self, message: InboundMessage, received_at: datetime) -> Lease | None:
+        """Spool a message and return the lease on its new entry; None when the entry already exists
+        (another delivery of the same message id is spooled: ``lease()`` it instead)."""
+        message_sid = message.message_sid
         path = self._path(message_sid)
         record: dict[str, object] = {"message_sid": message_sid, "received_at": received_at.isoformat(),
-                                     "form": dict(form)}
-        if channel != "whatsapp":  # WhatsApp entries stay exactly as they were written before channels
-            record["channel"] = channel
+                                     "message": to_json(message)}
         tmp = self.directory / f".{message_sid}.{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
@@ -304,14 +306,19 @@ def _parse(data: bytes) -> Entry:
 
 
 def _entry_from_record(record: Mapping[str, object]) -> Entry:
-    form = record.get("form")
-    if not isinstance(form, dict):
-        raise ValueError("webhook record has no form")
+    message, form = record.get("message"), record.get("form")
+    if not isinstance(message, dict) and not isinstance(form, dict):
+        raise ValueError("first line has neither the message nor, as written before, the webhook's form")
     received_at = datetime.fromisoformat(str(record["received_at"]))
     if received_at.tzinfo is None:
         received_at = received_at.replace(tzinfo=UTC)
-    return Entry(message_sid=str(record["message_sid"]), form={str(k): str(v) for k, v in form.items()},
-                 received_at=received_at, channel=str(record.get("channel") or "whatsapp"))
+    return Entry(
+        message_sid=str(record["message_sid"]),
+        received_at=received_at,
+        message=message if isinstance(message, dict) else None,
+        form={str(k): str(v) for k, v in form.items()} if isinstance(form, dict) else None,
+        channel=str(record.get("channel") or "whatsapp"),
+    )
 
 
 def _fsync_dir(directory: Path) -> None:

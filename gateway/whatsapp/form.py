@@ -9,40 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from gateway.sender import InvalidSender, sender_id
+from gateway.message import MAX_MEDIA, InboundMessage, InvalidWebhook, MediaItem
+from gateway.sender import sender_id
 
 # Twilio's Message resource: "^(SM|MM)[0-9a-fA-F]{32}$" (SM for text, MM for media).
 _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
-# A message carries at most 10 media items (Twilio's Media subresource docs).
-MAX_MEDIA = 10
 
-
-class InvalidWebhook(ValueError):
-    """A signed webhook whose fields we cannot act on safely; answered with a reply, never a 500."""
-
-
-__all__ = ["InboundMessage", "InvalidSender", "InvalidWebhook", "MAX_MEDIA", "MediaItem", "parse_webhook"]
-
-
-@dataclass(frozen=True)
-class MediaItem:
-    index: int
-    url: str
-    # Lower-cased, parameters dropped ("audio/ogg; codecs=opus" -> "audio/ogg"); "" when Twilio sent none.
-    content_type: str
-
-
-@dataclass(frozen=True)
-class InboundMessage:
-    message_sid: str
-    sender_id: str
-    profile_name: str
-    body: str
-    # Lower-cased WhatsApp message type ("text", "audio", "image", "sticker", "location", ...); may be "".
-    message_type: str
-    media: tuple[MediaItem, ...]
+__all__ = ["MAX_MEDIA", "parse_webhook"]
 
 
 def parse_webhook(form: Mapping[str, str]) -> InboundMessage:

@@ -1,14 +1,14 @@
 """The Store interface on an S3 server (MinIO in compose and k8s; SeaweedFS in the tests), with the minio SDK.
 
-Objects in the bucket: the media under the same keys as on disk (gateway.store), and the store's own
+Objects in the bucket: the media under the same keys as on disk (gateway.storage.keys), and the store's own
 bookkeeping under one prefix of its own, so that a sender's folder, as people browse it in the MinIO console,
 holds their voice notes and photos and nothing else:
 
     whatsapp/{sender}/{kind}/{stamp}_{MessageSid}_{index}.{ext}       the media; Content-Type; metadata as x-amz-meta-*
     .mediabot/claims/whatsapp/{sender}/{kind}/{MessageSid}_{index}    the claim: the key this ref is stored under
-    .mediabot/markers/{name}/whatsapp/{sender}                         a per-sender privacy marker (gateway.store)
+    .mediabot/markers/{name}/whatsapp/{sender}                         a per-sender privacy marker (gateway.storage.keys)
 and the same with ``telegram/{user_id}`` in place of ``whatsapp/{sender}`` for Telegram senders (gateway.sender).
-    .mediabot/metadata/{media key}.json                               only for metadata over S3's 2 KB (gateway.s3_metadata)
+    .mediabot/metadata/{media key}.json                               only for metadata over S3's 2 KB (gateway.storage.s3_metadata)
 
 Buckets written before this layout also hold ``whatsapp/{sender}/{kind}/.{MessageSid}_{index}.ref`` claims and
 ``{media key}.json`` overflow objects beside the media. Nothing moves them: the overflow objects are still
@@ -55,27 +55,12 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from gateway import s3_metadata
 from gateway.config import Settings
-from gateway.store import (
-    EXTENSIONS,
-    InvalidKey,
-    MediaRef,
-    StoreBusy,
-    StoredObject,
-    StoreStartupError,
-    StoreUnavailable,
-    CHANNEL_FOLDERS,
-    check_marker,
-    is_media_key,
-    is_sender_id,
-    marker_text,
-    media_key,
-    newest_first,
-    parse_key,
-    parse_marker,
-    sender_of_folder,
-    sender_prefix,
+from gateway.storage import s3_metadata
+from gateway.storage.base import StoreBusy, StoredObject, StoreStartupError, StoreUnavailable, newest_first
+from gateway.storage.keys import (
+    CHANNEL_FOLDERS, EXTENSIONS, InvalidKey, MediaRef, check_marker, is_media_key, is_sender_id, marker_text,
+    media_key, parse_key, parse_marker, sender_of_folder, sender_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -597,7 +582,7 @@ def claim_name(ref: MediaRef) -> str:
 
 
 def marker_object(name: str, sender_id: str) -> str:
-    """A per-sender marker (gateway.store.MARKERS), in the bookkeeping prefix like the claims."""
+    """A per-sender marker (gateway.storage.keys.MARKERS), in the bookkeeping prefix like the claims."""
     check_marker(name, sender_id)
     return f"{BOOKKEEPING_PREFIX}markers/{name}/{sender_prefix(sender_id)}"
 

@@ -1,4 +1,4 @@
-"""`python -m gateway.worker`: finishes what the webhooks spooled but could not complete in time.
+"""`python -m gateway.intake.worker`: finishes what the webhooks spooled but could not complete in time.
 
 A process of its own (a Procfile line, a second container beside the gateway sharing SPOOL_DIR) rather
 than a thread inside each gunicorn worker, because:
@@ -23,20 +23,21 @@ from datetime import timedelta
 
 from gateway.budget import Budget
 from gateway.config import ConfigError, Settings
-from gateway.intake import Attempt, Intake
+from gateway.intake.attempt import Attempt, Attempts
 from gateway.privacy import Privacy
-from gateway.spool import Backoff, Entry, Spool
+from gateway.intake.spool import Backoff, Entry, Spool
+from gateway.intake.spooled import SpoolIntake
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 
-logger = logging.getLogger("gateway.worker")
+logger = logging.getLogger("gateway.intake.worker")
 
 
 class SpoolWorker:
     def __init__(
         self,
         spool: Spool,
-        intake: Intake,
+        attempts: Attempts,
         *,
         poll_s: float,
         attempt_budget_s: float,
@@ -47,7 +48,7 @@ class SpoolWorker:
         notify: Callable[[Entry, Attempt], object] | None = None,
     ) -> None:
         self._spool = spool
-        self._intake = intake
+        self._attempts = attempts
         self._poll_s = poll_s
         self._attempt_budget_s = attempt_budget_s
         self._privacy = privacy
@@ -99,7 +100,7 @@ class SpoolWorker:
                 lease.release()
                 continue
             entry = lease.entry
-            attempt = self._intake.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
+            attempt = self._attempts.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
             if self._notify is not None:
                 self._notify(entry, attempt)
             attempted += 1
@@ -129,12 +130,15 @@ def main() -> int:
     if services is None:
         return 0
     try:
-        intake = Intake(services.processor, Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
-                        settings.spool_give_up_after_s)
-        spool = Spool(settings.spool_dir)
+        # The same intake the gateway's webhooks use (built by Services): this worker finishes its spool.
+        intake = services.intake
+        if not isinstance(intake, SpoolIntake):
+            logger.error("this worker finishes a spool; the configured intake has none",
+                         extra={"intake": type(intake).__name__})
+            return 2
         worker = SpoolWorker(
-            spool, intake, poll_s=settings.spool_poll_s, attempt_budget_s=settings.spool_attempt_budget_s,
-            privacy=Privacy(services.store, spool, retention_days=settings.retention_days),
+            intake.spool, intake.attempts, poll_s=settings.spool_poll_s,
+            attempt_budget_s=settings.spool_attempt_budget_s, privacy=services.privacy,
             expire_media=settings.retention_days is not None and not services.store.expires_by_itself,
             # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
             erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
@@ -159,7 +163,7 @@ def _connect(settings: Settings, stop: threading.Event):  # noqa: ANN202 (Servic
     """The gateway's clients; while storage refuses to open (down at boot), wait and try again rather
     than exit: under honcho one exiting process stops them all, and the spool is safe on disk meanwhile."""
     from gateway.services import Services
-    from gateway.store import StoreStartupError
+    from gateway.storage.base import StoreStartupError
 
     backoff = Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s)
     attempt = 0

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from gateway import metrics, replies
 from gateway.budget import Budget
-from gateway.channels import parse_spooled
-from gateway.inbound import InvalidWebhook
+from gateway.intake.channels import message_of
+from gateway.intake.spool import Backoff, Lease
+from gateway.message import InvalidWebhook
 from gateway.processing import ItemResult, MediaProcessor
 from gateway.sender import InvalidSender
-from gateway.spool import Backoff, Lease
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class Attempt:
         return result.reply
 
 
-class Intake:
+class Attempts:
+    """Makes attempts at spooled messages: the processing, and the retry policy (backoff, give up)."""
+
     def __init__(self, processor: MediaProcessor, backoff: Backoff, give_up_after_s: float) -> None:
         self._processor = processor
         self._backoff = backoff
@@ -54,9 +56,10 @@ class Intake:
         entry = lease.entry
         try:
             try:
-                message = parse_spooled(entry)
+                message = message_of(entry)
             except (InvalidWebhook, InvalidSender) as error:
-                # It parsed when it was spooled: only a changed parser can get here. Nothing to retry.
+                # It was valid when it was spooled: only a damaged entry or a changed parser (of an entry
+                # in the format before) can get here. Nothing to retry.
                 logger.error("spooled webhook no longer parses; dropped",
                              extra={"message_sid": entry.message_sid, "error": str(error)})
                 lease.complete()

@@ -1,7 +1,8 @@
 """Play Twilio without a phone: serve files as WhatsApp media and post a signed webhook to the gateway.
 
-    python -m gateway.simulate --from +15551234567 voice.ogg [photo.jpg ...]
-    python -m gateway.simulate --channel telegram [--from USER_ID] voice.ogg photo.jpg   (gateway.telegram.simulate)
+    python -m gateway.whatsapp.simulate --from +15551234567 voice.ogg [photo.jpg ...]
+
+(Telegram has its own: ``python -m gateway.telegram.simulate``.)
 
 It does what Twilio does for an incoming WhatsApp message: the media sit behind HTTP basic auth (the
 account SID and auth token) on a local server, the webhook form has the same fields Twilio sends, and
@@ -10,7 +11,7 @@ at. The reply's text is printed; the exit status is non-zero when the gateway di
 
 With no configuration it targets the local gateway of `make run` and uses the same development
 credentials (gateway.config). With real credentials in .env, run it as `honcho run python -m
-gateway.simulate ...` so both sides read the same values, and add 127.0.0.1 to MEDIA_HOST_ALLOWLIST.
+gateway.whatsapp.simulate ...` so both sides read the same values, and add 127.0.0.1 to MEDIA_HOST_ALLOWLIST.
 
 Tests and benchmarks call ``send(...)`` directly.
 """
@@ -282,20 +283,11 @@ def send(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    channel = argparse.ArgumentParser(add_help=False)
-    channel.add_argument("--channel", choices=("whatsapp", "telegram"), default="whatsapp")
-    chosen, rest = channel.parse_known_args(argv)
-    if chosen.channel == "telegram":
-        from gateway.telegram.simulate import main as telegram_main
-
-        return telegram_main(rest)
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.simulate",
+        prog="python -m gateway.whatsapp.simulate",
         description="Send files to the gateway as a WhatsApp message, the way Twilio would, and print the reply.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="media to attach (none: a text message)")
-    parser.add_argument("--channel", choices=("whatsapp", "telegram"), default="whatsapp",
-                        help="telegram: play Telegram instead (see --channel telegram --help)")
     parser.add_argument("--from", dest="from_number", default=DEFAULT_FROM,
                         help=f"sender number (default {DEFAULT_FROM})")
     parser.add_argument("--url", default=None, help=f"webhook URL to post to (default {default_url()})")

@@ -1,0 +1,71 @@
+"""The intake: what takes a verified message from a channel's webhook and answers for each of its media items.
+
+    spool.py     the on-disk spool: one fsync'd entry per message, leased with flock
+    attempt.py   one attempt at a spooled message (the same for the webhook and the worker)
+    spooled.py   SpoolIntake: the spool and the attempts behind the ``Intake`` interface below
+    worker.py    `python -m gateway.intake.worker`: finishes what the webhooks could not
+    channels.py  a spooled message read back, in today's format or the one before it
+
+``Intake`` is the seam between the webhooks and how messages are kept until they are done. The spool is
+its one implementation today; another (a JetStream stream with a pool of workers, the gateway waiting
+briefly for the outcome) plugs in here without the webhooks, the metrics or privacy changing. The app's
+Services build it once (gateway.services); the webhooks, /metrics, /readyz and the privacy commands all
+use that one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.budget import Budget
+from gateway.message import InboundMessage
+from gateway.outcome import Outcome
+
+__all__ = ["Forgets", "Intake", "ItemAnswer"]
+
+
+@dataclass(frozen=True)
+class ItemAnswer:
+    """What the user is told now about one media item, and what is known of it."""
+
+    sentence: str
+    # None: another delivery of the same message is being handled right now (the sentence says "received").
+    outcome: Outcome | None
+    # True: the intake keeps the item and will try again (the sentence says it will be done shortly).
+    deferred: bool = False
+
+    @property
+    def log_word(self) -> str:
+        """The item's word in the webhook's log line: "saved", "spooled:unavailable", "in_progress"."""
+        if self.outcome is None:
+            return "in_progress"
+        return f"spooled:{self.outcome}" if self.deferred else str(self.outcome)
+
+
+class Forgets(Protocol):
+    """What an erasure needs of an intake: to drop what it still keeps of one sender."""
+
+    def forget_sender(self, sender_id: str) -> int:
+        """Remove every message of ``sender_id`` still waiting (or given up on); returns how many."""
+        ...
+
+
+class Intake(Forgets, Protocol):
+    def accept(self, message: InboundMessage, budget: Budget, received_at: datetime) -> list[ItemAnswer]:
+        """Keep ``message`` and try its media items within ``budget``; one answer per item, in order. What
+        could not be finished in time is kept and done later (``deferred``). Never raises."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether a message accepted now would be kept (for /readyz: the spool's directory is writable)."""
+        ...
+
+    def depth(self) -> int:
+        """Messages accepted and not yet done (for /metrics)."""
+        ...
+
+    def oldest_age_s(self) -> float:
+        """Seconds since the oldest of those arrived; 0 when there is none (for /metrics)."""
+        ...

@@ -1,0 +1,29 @@
+"""``open_store(settings)``: the store STORAGE names, opened and checked before the first webhook."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.storage.base import Store, StoreStartupError
+from gateway.storage.filesystem import FilesystemStore
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+
+def open_store(settings: Settings, *, for_writing: bool = True) -> Store:
+    """The store STORAGE names, ready to use; StoreStartupError with a readable message if it cannot be.
+
+    ``for_writing=False`` (the browsing command) writes no probe (no store creates a missing bucket).
+    """
+    if settings.storage == "minio":
+        from gateway.storage.s3 import MinioStore  # imported only when used: the filesystem needs no S3 SDK
+
+        return MinioStore.connect(settings, for_writing=for_writing)
+    if settings.storage == "filesystem":
+        try:
+            return FilesystemStore(settings.media_root)
+        except OSError as error:
+            raise StoreStartupError(f"MEDIA_ROOT {settings.media_root} cannot be used: {error}") from None
+    raise StoreStartupError(f"no store for STORAGE={settings.storage!r}")
+

@@ -1,0 +1,8 @@
+"""WhatsApp, through Twilio: the first channel.
+
+    webhook.py    POST /whatsapp: the signature checked, the form read, the message handed to the intake
+    form.py       Twilio's webhook form into the channel-neutral InboundMessage (gateway.message)
+    signature.py  the X-Twilio-Signature check, as one decorator, against PUBLIC_BASE_URL
+    twiml.py      the reply as TwiML in the webhook's response
+    simulate.py   `python -m gateway.whatsapp.simulate`: play Twilio without a phone
+"""
