@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from audio_service import limits
 from audio_service.metrics import interceptors, start_metrics_server
-from audio_service.config import ConfigError, Settings
+from audio_service.config import Settings
 from audio_service.convert import (
     AudioConverter,
     AudioError,
@@ -28,7 +28,8 @@ from audio_service.convert import (
     UnsupportedOutput,
     find_ffmpeg,
 )
-from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
+from mediabot.config import ConfigError
+from mediabot.grpc_tls import add_port, server_credentials
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 from mediabot.v1 import audio_pb2, audio_pb2_grpc
@@ -217,7 +218,7 @@ def serve() -> None:
     return_large_buffers_to_the_os()
     try:
         server, port, health_servicer = _build(settings)
-    except TlsConfigError as exc:
+    except ConfigError as exc:  # an unreadable certificate file (mediabot.grpc_tls)
         raise SystemExit(f"audio service: bad configuration: {exc}") from None
     server.start()
     if settings.metrics_port:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH, ConfigError, Settings
+from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH, Settings
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 
 __all__ = ["GatewayStartupError", "create_app"]
@@ -45,7 +46,6 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from gateway import health, metrics, webhook
     from gateway.services import Services
     from gateway.store import StoreStartupError
-    from mediabot.grpc_tls import TlsConfigError
     from mediabot.memory import return_large_buffers_to_the_os
 
     env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
@@ -72,7 +72,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     except StoreStartupError as error:
         # Fail fast, before the first webhook (e.g. MinIO unreachable, credentials refused).
         raise GatewayStartupError(f"gateway: storage: {error}") from None
-    except TlsConfigError as error:
+    except ConfigError as error:  # an unreadable certificate file (mediabot.grpc_tls)
         raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
     app.register_blueprint(webhook.bp)
     if settings.telegram_enabled:

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.privacy import Privacy
 from gateway.replies import format_duration
 from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
@@ -47,6 +47,7 @@ from gateway.store import (
     open_store,
     parse_key,
 )
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 
 

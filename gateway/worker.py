@@ -22,10 +22,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from gateway.budget import Budget
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.intake import Attempt, Intake
 from gateway.privacy import Privacy
 from gateway.spool import Backoff, Entry, Spool
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 

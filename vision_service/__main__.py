@@ -3,8 +3,9 @@
 import logging
 import sys
 
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
-from vision_service.config import ConfigError, Settings
+from vision_service.config import Settings
 from vision_service.server import serve
 
 

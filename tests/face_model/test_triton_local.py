@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from face_model.config import ConfigError, Settings
+from face_model.config import Settings
 from face_model.triton_local import (
     TritonStartError,
     assemble_backend_directory,
@@ -21,6 +21,7 @@ from face_model.triton_local import (
     server_environment,
     wait_ready,
 )
+from mediabot.config import ConfigError
 from tests.fixtures.triton import REPO_ROOT, free_port
 
 IDENTITY_REPOSITORY = Path(__file__).parent / "identity_repository"
