@@ -7,14 +7,14 @@ names the variable, says what it must be and repeats what it got:
     AUDIO_MAX_DURATION_S must be a number >= 1, got 'abc'
 
 Each helper takes the environment as a mapping (``os.environ`` in production, a dict in tests) and the
-variable's name written out, so a reader (and tests/deploy, which greps config.py for quoted names) sees
-every variable a service reads in its own config.py. A variable that is unset, empty or only spaces takes the
-default: compose and Kubernetes hand empty strings to optional keys. Values are used without surrounding
+variable's name written out, so a reader (and tests/deploy, which greps config.py for quoted names) sees in
+a service's config.py the variables that are its own. A variable that is unset, empty or only spaces takes
+the default: compose and Kubernetes hand empty strings to optional keys. Values are used without surrounding
 spaces. Rules that tie several variables together stay in each service's config.py, raising ConfigError too.
 
 ServerSettings holds what both gRPC services are tuned with (listen address, workers, queue, drain time, metrics
-port, TLS files), read under each service's prefix (AUDIO_LISTEN, VISION_LISTEN, ...); a service's Settings
-subclasses it and adds only what is its own.
+port, TLS files, LOG_LEVEL), read under each service's prefix (AUDIO_LISTEN, VISION_LISTEN, ...) and listed
+by ServerSettings.variables(); a service's Settings subclasses it and adds only what is its own.
 """
 
 from __future__ import annotations
