@@ -2,9 +2,9 @@
 
 import sys
 
-from audio_service.config import ConfigError, Settings
+from audio_service.config import Settings
 from audio_service.server import create_server
 from mediabot.grpc_server import serve
 
 if __name__ == "__main__":
-    sys.exit(serve("audio", Settings.from_env, create_server, config_errors=(ConfigError,)))
+    sys.exit(serve("audio", Settings.from_env, create_server))

@@ -145,12 +145,7 @@ def server_config(settings: Settings) -> ServerConfig:
     ffmpeg process), the largest input and widest output as message limits."""
     receive, send = limits.audio_server_message_bytes(settings.max_input_bytes, settings.max_duration_s)
     return ServerConfig(
-        name="audio", env_prefix="AUDIO", service_name=SERVICE_NAME, listen=settings.listen,
-        workers=settings.workers, max_concurrent_rpcs=settings.max_concurrent_rpcs,
-        max_receive_bytes=receive, max_send_bytes=send,
-        max_connection_age_s=settings.max_connection_age_s, grace_s=settings.grace_s,
-        metrics_port=settings.metrics_port, tls_cert_file=settings.tls_cert_file,
-        tls_key_file=settings.tls_key_file, tls_client_ca_file=settings.tls_client_ca_file,
+        name="audio", service_name=SERVICE_NAME, settings=settings, max_receive_bytes=receive, max_send_bytes=send,
         log_fields={"max_input_bytes": settings.max_input_bytes, "max_duration_s": settings.max_duration_s},
     )
 

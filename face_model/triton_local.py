@@ -267,7 +267,8 @@ def stop_triton(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
 
 
 def main() -> int:
-    from face_model.config import ConfigError, Settings
+    from face_model.config import Settings
+    from mediabot.config import ConfigError
     from mediabot.logs import configure_logging
 
     configure_logging("triton")

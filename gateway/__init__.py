@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH, ConfigError, Settings
+from gateway.config import TELEGRAM_WEBHOOK_PATH, WEBHOOK_PATH, Settings
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 
 __all__ = ["GatewayStartupError", "create_app"]
@@ -46,7 +47,6 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from gateway.whatsapp import webhook
     from gateway.services import Services
     from gateway.storage.base import StoreStartupError
-    from mediabot.grpc_tls import TlsConfigError
     from mediabot.memory import return_large_buffers_to_the_os
 
     env = {**os.environ, **{key: str(value) for key, value in (config or {}).items()}}
@@ -73,7 +73,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     except StoreStartupError as error:
         # Fail fast, before the first webhook (e.g. MinIO unreachable, credentials refused).
         raise GatewayStartupError(f"gateway: storage: {error}") from None
-    except TlsConfigError as error:
+    except ConfigError as error:  # an unreadable certificate file (mediabot.grpc_tls)
         raise GatewayStartupError(f"gateway: bad configuration: {error}") from None
     except OSError as error:
         # The intake's spool: SPOOL_DIR cannot be created or written (a read-only or missing volume).

@@ -10,12 +10,12 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mediabot import limits
+from mediabot import config, limits
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MIB = 1024 * 1024
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message says which variable and why."""
-
-
 def is_loopback_host(host: str) -> bool:
     """True for names and addresses that can only reach this machine (plain http is acceptable there)."""
     if host == "localhost":
@@ -97,7 +93,8 @@ def is_loopback_host(host: str) -> bool:
 
 def default_public_base_url(env: Mapping[str, str]) -> str:
     """The URL the local gateway answers on when PUBLIC_BASE_URL is unset; the simulator signs for the same."""
-    return f"http://127.0.0.1:{_port(env.get('GATEWAY_PORT'), 'GATEWAY_PORT', DEFAULT_GATEWAY_PORT)}"
+    port = config.port(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
+    return f"http://127.0.0.1:{port}"
 
 
 @dataclass(frozen=True)
@@ -197,50 +194,43 @@ class Settings:
         """Build settings from ``env`` (default: os.environ); raises ConfigError naming the bad variable."""
         env = os.environ if env is None else env
 
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return None if value is None or value.strip() == "" else value.strip()
-
-        port = _port(get("GATEWAY_PORT"), "GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
-        public_base_url = _public_base_url(get("PUBLIC_BASE_URL") or default_public_base_url(env))
-        trust_proxy = _bool(get("TRUST_PROXY"), "TRUST_PROXY", False)
-        if trust_proxy and get("PUBLIC_BASE_URL") is None:
-            raise ConfigError(
+        port = config.port(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
+        explicit_public_url = config.optional(env, "PUBLIC_BASE_URL")
+        public_base_url = _origin("PUBLIC_BASE_URL", explicit_public_url or default_public_base_url(env),
+                                  "https://abc.ngrok.app")
+        trust_proxy = config.flag(env, "TRUST_PROXY", False)
+        if trust_proxy and explicit_public_url is None:
+            raise config.ConfigError(
                 "TRUST_PROXY=1 needs PUBLIC_BASE_URL: signatures are always checked against it, never against "
                 "the host a request's X-Forwarded-* headers name"
             )
 
-        storage = (get("STORAGE") or "filesystem").lower()
+        storage = config.choice(env, "STORAGE", "filesystem", STORAGE_BACKENDS)
         for name in (*_SECRETS, *(_MINIO_SECRETS if storage == "minio" else ())):
-            if (get(name) or "").upper().startswith(PLACEHOLDER_PREFIX):
-                raise ConfigError(f"{name} still holds the template's {PLACEHOLDER_PREFIX} placeholder: set the real value")
+            if config.text(env, name).upper().startswith(PLACEHOLDER_PREFIX):
+                raise config.ConfigError(
+                    f"{name} still holds the template's {PLACEHOLDER_PREFIX} placeholder: set the real value"
+                )
 
-        sid, token = get("TWILIO_ACCOUNT_SID"), get("TWILIO_AUTH_TOKEN")
+        sid, token = config.optional(env, "TWILIO_ACCOUNT_SID"), config.optional(env, "TWILIO_AUTH_TOKEN")
         if (sid is None) != (token is None):
-            raise ConfigError("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither (development mode)")
+            raise config.ConfigError("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither (development mode)")
         if sid is None or token is None:
             sid, token = DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
         if not _ACCOUNT_SID.fullmatch(sid):
-            raise ConfigError(f"TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits, got {sid!r}")
+            raise config.invalid("TWILIO_ACCOUNT_SID", "AC followed by 32 hex digits", sid)
         # The development token signs for anyone who has read this repository, whether it was left unset or
         # written out: so it is allowed only where no one but this machine can send the gateway a webhook.
         dev_credentials = token == DEV_AUTH_TOKEN
         if dev_credentials:
             _check_development_reach(public_base_url, trust_proxy)
 
-        hosts = get("MEDIA_HOST_ALLOWLIST")
+        hosts = config.optional(env, "MEDIA_HOST_ALLOWLIST")
         allowlist = _hostnames(hosts) if hosts is not None else frozenset(DEFAULT_MEDIA_HOSTS)
         if dev_credentials:
             allowlist |= frozenset(LOOPBACK_HOSTS)
 
-        if storage not in STORAGE_BACKENDS:
-            raise ConfigError(f"STORAGE must be one of {', '.join(STORAGE_BACKENDS)}, got {storage!r}")
-
-        minio = _minio(get) if storage == "minio" else _NO_MINIO
-
-        log_level = (get("LOG_LEVEL") or "INFO").upper()
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
+        minio = _minio(env) if storage == "minio" else _NO_MINIO
 
         settings = cls(
             public_base_url=public_base_url,
@@ -248,59 +238,51 @@ class Settings:
             twilio_account_sid=sid,
             twilio_auth_token=token,
             dev_credentials=dev_credentials,
-            twilio_webhook_shared_key=get("TWILIO_WEBHOOK_SHARED_KEY") or "",
+            twilio_webhook_shared_key=config.text(env, "TWILIO_WEBHOOK_SHARED_KEY"),
             media_host_allowlist=allowlist,
-            audio_service_addr=get("AUDIO_SERVICE_ADDR") or "127.0.0.1:50051",
-            vision_service_addr=get("VISION_SERVICE_ADDR") or "127.0.0.1:50052",
+            audio_service_addr=config.grpc_target(env, "AUDIO_SERVICE_ADDR", "127.0.0.1:50051"),
+            vision_service_addr=config.grpc_target(env, "VISION_SERVICE_ADDR", "127.0.0.1:50052"),
             storage=storage,
-            media_root=Path(get("MEDIA_ROOT") or "./data/media"),
+            media_root=config.path(env, "MEDIA_ROOT", Path("./data/media")),
             **minio,
-            max_media_bytes=_int(get("MAX_MEDIA_BYTES"), "MAX_MEDIA_BYTES", limits.DEFAULT_MAX_MEDIA_BYTES, minimum=1),
-            download_connect_timeout_s=_float(get("DOWNLOAD_CONNECT_TIMEOUT_S"), "DOWNLOAD_CONNECT_TIMEOUT_S", 3.05),
-            download_read_timeout_s=_float(get("DOWNLOAD_READ_TIMEOUT_S"), "DOWNLOAD_READ_TIMEOUT_S", 5.0),
-            media_404_retry_delays_s=_floats(get("MEDIA_404_RETRY_DELAYS_S"), "MEDIA_404_RETRY_DELAYS_S", (1.0, 3.0)),
-            audio_rpc_timeout_s=_float(get("AUDIO_RPC_TIMEOUT_S"), "AUDIO_RPC_TIMEOUT_S", 6.0),
-            vision_rpc_timeout_s=_float(get("VISION_RPC_TIMEOUT_S"), "VISION_RPC_TIMEOUT_S", 4.0),
-            health_check_timeout_s=_float(get("HEALTH_CHECK_TIMEOUT_S"), "HEALTH_CHECK_TIMEOUT_S", 1.0),
-            webhook_budget_s=_float(get("WEBHOOK_BUDGET_S"), "WEBHOOK_BUDGET_S", 12.0),
-            log_level=log_level,
+            max_media_bytes=config.integer(env, "MAX_MEDIA_BYTES", limits.DEFAULT_MAX_MEDIA_BYTES, minimum=1),
+            download_connect_timeout_s=config.seconds(env, "DOWNLOAD_CONNECT_TIMEOUT_S", 3.05),
+            download_read_timeout_s=config.seconds(env, "DOWNLOAD_READ_TIMEOUT_S", 5.0),
+            media_404_retry_delays_s=config.seconds_list(env, "MEDIA_404_RETRY_DELAYS_S", (1.0, 3.0)),
+            audio_rpc_timeout_s=config.seconds(env, "AUDIO_RPC_TIMEOUT_S", 6.0),
+            vision_rpc_timeout_s=config.seconds(env, "VISION_RPC_TIMEOUT_S", 4.0),
+            health_check_timeout_s=config.seconds(env, "HEALTH_CHECK_TIMEOUT_S", 1.0),
+            # Below Twilio's 15 s webhook timeout, so the reply is sent before Twilio gives up on it.
+            webhook_budget_s=config.seconds(env, "WEBHOOK_BUDGET_S", 12.0, below=15),
+            log_level=config.log_level(env, "LOG_LEVEL"),
             gateway_port=port,
-            spool_dir=Path(get("SPOOL_DIR") or "./data/spool"),
-            spool_retry_base_s=_float(get("SPOOL_RETRY_BASE_S"), "SPOOL_RETRY_BASE_S", 1.0),
-            spool_retry_max_s=_float(get("SPOOL_RETRY_MAX_S"), "SPOOL_RETRY_MAX_S", 60.0),
-            spool_give_up_after_s=_float(get("SPOOL_GIVE_UP_AFTER_S"), "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
-            spool_poll_s=_float(get("SPOOL_POLL_S"), "SPOOL_POLL_S", 1.0),
-            spool_attempt_budget_s=_float(get("SPOOL_ATTEMPT_BUDGET_S"), "SPOOL_ATTEMPT_BUDGET_S", 30.0),
-            **_intake(get),
-            media_allow_private_addresses=_bool(
-                get("MEDIA_ALLOW_PRIVATE_ADDRESSES"), "MEDIA_ALLOW_PRIVATE_ADDRESSES", False
+            spool_dir=config.path(env, "SPOOL_DIR", Path("./data/spool")),
+            spool_retry_base_s=config.seconds(env, "SPOOL_RETRY_BASE_S", 1.0),
+            spool_retry_max_s=config.seconds(env, "SPOOL_RETRY_MAX_S", 60.0),
+            spool_give_up_after_s=config.seconds(env, "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
+            spool_poll_s=config.seconds(env, "SPOOL_POLL_S", 1.0),
+            spool_attempt_budget_s=config.seconds(env, "SPOOL_ATTEMPT_BUDGET_S", 30.0),
+            media_allow_private_addresses=config.flag(env, "MEDIA_ALLOW_PRIVATE_ADDRESSES", False),
+            grpc_tls_ca_file=config.text(env, "GRPC_TLS_CA_FILE"),
+            grpc_tls_cert_file=config.text(env, "GRPC_TLS_CERT_FILE"),
+            grpc_tls_key_file=config.text(env, "GRPC_TLS_KEY_FILE"),
+            # gRPC itself caps a retry policy's maxAttempts at 5: refuse more rather than let it clamp silently.
+            grpc_max_attempts=config.integer(env, "GRPC_MAX_ATTEMPTS", 3, minimum=1, maximum=5),
+            retention_days=config.integer(env, "RETENTION_DAYS", None, minimum=1),
+            privacy_sweep_s=config.seconds(env, "PRIVACY_SWEEP_S", 3600.0),
+            privacy_notice=config.text(env, "PRIVACY_NOTICE"),
+            privacy_policy_url=_policy_url(config.optional(env, "PRIVACY_POLICY_URL")),
+            media_memory_mb=config.integer(env, "MEDIA_MEMORY_MB", 96, minimum=1),
+            media_memory_wait_s=config.seconds(env, "MEDIA_MEMORY_WAIT_S", 5.0),
+            **_intake(env),
+            # The audio service's own variable and default (mediabot.limits): the gateway sizes the WAV it receives.
+            audio_max_duration_s=config.number(
+                env, "AUDIO_MAX_DURATION_S", limits.DEFAULT_MAX_AUDIO_DURATION_S, minimum=1
             ),
-            grpc_tls_ca_file=get("GRPC_TLS_CA_FILE") or "",
-            grpc_tls_cert_file=get("GRPC_TLS_CERT_FILE") or "",
-            grpc_tls_key_file=get("GRPC_TLS_KEY_FILE") or "",
-            grpc_max_attempts=_int(get("GRPC_MAX_ATTEMPTS"), "GRPC_MAX_ATTEMPTS", 3, minimum=1),
-            retention_days=(
-                _int(get("RETENTION_DAYS"), "RETENTION_DAYS", 0, minimum=1) if get("RETENTION_DAYS") else None
-            ),
-            privacy_sweep_s=_float(get("PRIVACY_SWEEP_S"), "PRIVACY_SWEEP_S", 3600.0),
-            privacy_notice=get("PRIVACY_NOTICE") or "",
-            privacy_policy_url=_policy_url(get("PRIVACY_POLICY_URL")),
-            media_memory_mb=_int(get("MEDIA_MEMORY_MB"), "MEDIA_MEMORY_MB", 96, minimum=1),
-            media_memory_wait_s=_float(get("MEDIA_MEMORY_WAIT_S"), "MEDIA_MEMORY_WAIT_S", 5.0),
-            audio_max_duration_s=_float(
-                get("AUDIO_MAX_DURATION_S"), "AUDIO_MAX_DURATION_S", limits.DEFAULT_MAX_AUDIO_DURATION_S
-            ),
-            **_telegram(get, public_base_url, trust_proxy),
+            **_telegram(env, public_base_url, trust_proxy),
         )
-        if settings.grpc_max_attempts > 5:
-            # gRPC itself caps maxAttempts at 5; say so instead of letting it clamp silently.
-            raise ConfigError(f"GRPC_MAX_ATTEMPTS must be 1-5 (gRPC's own cap), got {settings.grpc_max_attempts}")
-        if not 1 <= settings.audio_max_duration_s < float("inf"):
-            raise ConfigError(f"AUDIO_MAX_DURATION_S must be a finite number of at least 1, got {settings.audio_max_duration_s}")
-        if settings.webhook_budget_s >= 15:
-            raise ConfigError("WEBHOOK_BUDGET_S must stay below Twilio's 15 s webhook timeout")
         if settings.spool_retry_max_s < settings.spool_retry_base_s:
-            raise ConfigError("SPOOL_RETRY_MAX_S must be at least SPOOL_RETRY_BASE_S")
+            raise config.ConfigError("SPOOL_RETRY_MAX_S must be at least SPOOL_RETRY_BASE_S")
         return settings
 
     def log_development_warning(self) -> None:
@@ -329,7 +311,7 @@ def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
     """Refuse the public development token wherever a request from outside this machine could reach us."""
     host = urlsplit(public_base_url).hostname or ""
     if not is_loopback_host(host) or trust_proxy:
-        raise ConfigError(
+        raise config.ConfigError(
             "development credentials (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset, empty or the development token) "
             "are only allowed with a loopback PUBLIC_BASE_URL (127.0.0.1, ::1, localhost) and TRUST_PROXY=0, got "
             f"PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set TWILIO_ACCOUNT_SID and "
@@ -337,12 +319,12 @@ def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
         )
 
 
-def _telegram(get: Callable[[str], str | None], public_base_url: str, trust_proxy: bool) -> dict[str, object]:
+def _telegram(env: Mapping[str, str], public_base_url: str, trust_proxy: bool) -> dict[str, object]:
     """The TELEGRAM_* settings: both set (a real bot), neither (development mode where only this machine can
     reach the gateway, else the channel is off), and the Bot API URL the token may be sent to."""
-    token, secret = get("TELEGRAM_BOT_TOKEN"), get("TELEGRAM_WEBHOOK_SECRET")
+    token, secret = config.optional(env, "TELEGRAM_BOT_TOKEN"), config.optional(env, "TELEGRAM_WEBHOOK_SECRET")
     if (token is None) != (secret is None):
-        raise ConfigError("set both TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET, or neither")
+        raise config.ConfigError("set both TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET, or neither")
     local_only = is_loopback_host(urlsplit(public_base_url).hostname or "") and not trust_proxy
     if token is None or secret is None:
         if not local_only:
@@ -350,41 +332,40 @@ def _telegram(get: Callable[[str], str | None], public_base_url: str, trust_prox
         token, secret = DEV_TELEGRAM_BOT_TOKEN, DEV_TELEGRAM_WEBHOOK_SECRET
     development = token == DEV_TELEGRAM_BOT_TOKEN or secret == DEV_TELEGRAM_WEBHOOK_SECRET
     if development and not local_only:
-        raise ConfigError(
+        raise config.ConfigError(
             "the development Telegram token or secret is only allowed with a loopback PUBLIC_BASE_URL and "
             f"TRUST_PROXY=0, got PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set "
             "TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET to your bot's values"
         )
     if not _TELEGRAM_TOKEN.fullmatch(token):
-        raise ConfigError("TELEGRAM_BOT_TOKEN must look like 123456789:AA... (the token BotFather gave you)")
+        raise config.invalid_secret("TELEGRAM_BOT_TOKEN", "the token BotFather gave you, like 123456789:AA...")
     if not _TELEGRAM_SECRET.fullmatch(secret):
-        raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
-    base = get("TELEGRAM_API_BASE_URL") or (DEV_TELEGRAM_API_BASE_URL if development else DEFAULT_TELEGRAM_API_BASE_URL)
+        raise config.invalid_secret(
+            "TELEGRAM_WEBHOOK_SECRET", "1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)"
+        )
+    default_base = DEV_TELEGRAM_API_BASE_URL if development else DEFAULT_TELEGRAM_API_BASE_URL
+    base = _origin("TELEGRAM_API_BASE_URL", config.text(env, "TELEGRAM_API_BASE_URL", default_base),
+                   DEFAULT_TELEGRAM_API_BASE_URL)
     parts = urlsplit(base)
     host = parts.hostname or ""
-    if (parts.scheme not in ("http", "https") or not host or parts.path not in ("", "/") or parts.query
-            or parts.fragment or parts.username or parts.password):
-        raise ConfigError(f"TELEGRAM_API_BASE_URL must be scheme://host[:port] like {DEFAULT_TELEGRAM_API_BASE_URL}, "
-                          f"got {base!r}")
     if parts.scheme == "http" and not is_loopback_host(host):
-        raise ConfigError("TELEGRAM_API_BASE_URL must be https unless it is on this machine: the bot token is in its URLs")
+        raise config.invalid(
+            "TELEGRAM_API_BASE_URL", "https unless it is on this machine (the bot token is in its URLs)", base
+        )
     if development and not is_loopback_host(host):
-        raise ConfigError("the development Telegram token only goes to a Bot API on this machine (the simulator's): "
-                          f"TELEGRAM_API_BASE_URL is {base!r}")
+        raise config.ConfigError("the development Telegram token only goes to a Bot API on this machine (the "
+                                 f"simulator's): TELEGRAM_API_BASE_URL is {base!r}")
     return {
         "telegram_bot_token": token,
         "telegram_webhook_secret": secret,
-        "telegram_api_base_url": f"{parts.scheme}://{parts.netloc}",
+        "telegram_api_base_url": base,
         "telegram_dev_credentials": development,
     }
 
 
-def _intake(get: Callable[[str], str | None]) -> dict[str, object]:
+def _intake(env: Mapping[str, str]) -> dict[str, object]:
     """INTAKE and the NATS_* settings, checked for form only: reaching the servers is the intake's job."""
-    intake = (get("INTAKE") or "spool").lower()
-    if intake not in INTAKE_BACKENDS:
-        raise ConfigError(f"INTAKE must be one of {', '.join(INTAKE_BACKENDS)}, got {intake!r}")
-    nats_url = get("NATS_URL") or DEFAULT_NATS_URL
+    nats_url = config.text(env, "NATS_URL", DEFAULT_NATS_URL)
     servers = [server.strip() for server in nats_url.split(",")]
     for server in servers:
         parts = urlsplit(server)
@@ -393,20 +374,13 @@ def _intake(get: Callable[[str], str | None]) -> dict[str, object]:
         except ValueError:
             port = -1
         if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path not in ("", "/") or port == -1:
-            raise ConfigError(
-                f"NATS_URL must be nats://host[:port] (or tls://), several separated by commas, got {server!r}"
-            )
-    replicas = _int(get("NATS_REPLICAS"), "NATS_REPLICAS", 1, minimum=1)
-    if replicas > MAX_NATS_REPLICAS:
-        raise ConfigError(f"NATS_REPLICAS must be 1-{MAX_NATS_REPLICAS} (JetStream's own cap), got {replicas}")
-    metrics_port = _int(get("WORKER_METRICS_PORT"), "WORKER_METRICS_PORT", 0, minimum=0)
-    if metrics_port > 65535:
-        raise ConfigError(f"WORKER_METRICS_PORT must be a TCP port (1-65535), or 0 for none, got {metrics_port}")
+            raise config.invalid("NATS_URL", "nats://host[:port] (or tls://), several separated by commas", server)
     return {
-        "intake": intake,
+        "intake": config.choice(env, "INTAKE", "spool", INTAKE_BACKENDS),
         "nats_url": ",".join(servers),
-        "nats_replicas": replicas,
-        "worker_metrics_port": metrics_port,
+        # JetStream's own cap on a stream's copies is 5.
+        "nats_replicas": config.integer(env, "NATS_REPLICAS", 1, minimum=1, maximum=MAX_NATS_REPLICAS),
+        "worker_metrics_port": config.port(env, "WORKER_METRICS_PORT", 0, zero_means_off=True),
     }
 
 
@@ -417,47 +391,42 @@ _NO_MINIO: dict[str, object] = {
 }
 
 
-def _minio(get: Callable[[str], str | None]) -> dict[str, object]:
+def _minio(env: Mapping[str, str]) -> dict[str, object]:
     """The MINIO_* settings, checked for form only: reaching the server is the store's start-up job."""
-    endpoint = get("MINIO_ENDPOINT")
+    # No scheme: MINIO_SECURE picks http or https.
+    endpoint = config.address(env, "MINIO_ENDPOINT", None, port_required=False)
     if endpoint is None:
-        raise ConfigError("STORAGE=minio needs MINIO_ENDPOINT (host:port of the S3 API, e.g. minio:9000)")
-    parts = urlsplit(f"//{endpoint}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if "://" in endpoint or not parts.hostname or parts.path or parts.query or parts.username or port == -1:
-        raise ConfigError(
-            f"MINIO_ENDPOINT must be host or host:port without a scheme or path (MINIO_SECURE picks http or "
-            f"https), got {endpoint!r}"
-        )
-    access_key, secret_key = get("MINIO_ACCESS_KEY"), get("MINIO_SECRET_KEY")
+        raise config.ConfigError("STORAGE=minio needs MINIO_ENDPOINT (host:port of the S3 API, e.g. minio:9000)")
+    access_key, secret_key = config.optional(env, "MINIO_ACCESS_KEY"), config.optional(env, "MINIO_SECRET_KEY")
     if access_key is None or secret_key is None:
-        raise ConfigError("STORAGE=minio needs both MINIO_ACCESS_KEY and MINIO_SECRET_KEY")
-    bucket = get("MINIO_BUCKET") or "mediabot"
+        raise config.ConfigError("STORAGE=minio needs both MINIO_ACCESS_KEY and MINIO_SECRET_KEY")
+    bucket = config.text(env, "MINIO_BUCKET", "mediabot")
     if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _is_ip(bucket):
-        raise ConfigError(
-            f"MINIO_BUCKET must be an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens), got {bucket!r}"
+        raise config.invalid(
+            "MINIO_BUCKET", "an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)", bucket
         )
     return {
         "minio_endpoint": endpoint,
         "minio_access_key": access_key,
         "minio_secret_key": secret_key,
         "minio_bucket": bucket,
-        "minio_secure": _bool(get("MINIO_SECURE"), "MINIO_SECURE", True),
-        "minio_connect_timeout_s": _float(get("MINIO_CONNECT_TIMEOUT_S"), "MINIO_CONNECT_TIMEOUT_S", 2.0),
-        "minio_read_timeout_s": _float(get("MINIO_READ_TIMEOUT_S"), "MINIO_READ_TIMEOUT_S", 5.0),
-        "minio_retries": _int(get("MINIO_RETRIES"), "MINIO_RETRIES", 2, minimum=0),
+        "minio_secure": config.flag(env, "MINIO_SECURE", True),
+        "minio_connect_timeout_s": config.seconds(env, "MINIO_CONNECT_TIMEOUT_S", 2.0),
+        "minio_read_timeout_s": config.seconds(env, "MINIO_READ_TIMEOUT_S", 5.0),
+        "minio_retries": config.integer(env, "MINIO_RETRIES", 2, minimum=0),
     }
 
 
-def _public_base_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"PUBLIC_BASE_URL must be an http(s) URL like https://abc.ngrok.app, got {value!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"PUBLIC_BASE_URL must be scheme://host[:port] without a path or query, got {value!r}")
+def _origin(name: str, url: str, example: str) -> str:
+    """scheme://host[:port] of an http(s) server, from a URL that may end in "/" but has no path, query or user."""
+    parts = urlsplit(url)
+    try:
+        well_formed = (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+                       and parts.path in ("", "/") and not (parts.query or parts.fragment) and parts.username is None)
+    except ValueError:  # from .port: not a number from 0 to 65535
+        well_formed = False
+    if not well_formed:
+        raise config.invalid(name, f"an http(s) URL of the form scheme://host[:port], like {example}", url)
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -466,17 +435,15 @@ def _policy_url(value: str | None) -> str:
         return ""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
-        raise ConfigError(f"PRIVACY_POLICY_URL must be an http(s) URL, got {value!r}")
+        raise config.invalid("PRIVACY_POLICY_URL", "an http(s) URL", value)
     return value
 
 
 def _hostnames(value: str) -> frozenset[str]:
+    """MEDIA_HOST_ALLOWLIST: host names or IP addresses, no scheme, port or path, compared in lower case."""
     hosts = frozenset(h.strip().lower() for h in value.split(",") if h.strip())
-    for host in hosts:
-        if "/" in host or " " in host or (":" in host and not _is_ip(host)):
-            raise ConfigError(f"MEDIA_HOST_ALLOWLIST takes bare host names separated by commas, got {host!r}")
-    if not hosts:
-        raise ConfigError("MEDIA_HOST_ALLOWLIST is set but names no host")
+    if not hosts or any("/" in host or " " in host or (":" in host and not _is_ip(host)) for host in hosts):
+        raise config.invalid("MEDIA_HOST_ALLOWLIST", "bare host names separated by commas", value)
     return hosts
 
 
@@ -486,57 +453,3 @@ def _is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _bool(value: str | None, name: str, default: bool) -> bool:
-    if value is None:
-        return default
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 0 or 1, got {value!r}")
-
-
-def _int(value: str | None, name: str, default: int, *, minimum: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if number < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
-    return number
-
-
-def _port(value: str | None, name: str, default: int) -> int:
-    port = _int(value, name, default, minimum=1)
-    if port > 65535:
-        raise ConfigError(f"{name} must be a TCP port (1-65535), got {port}")
-    return port
-
-
-def _float(value: str | None, name: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    if not number > 0:
-        raise ConfigError(f"{name} must be greater than 0, got {value!r}")
-    return number
-
-
-def _floats(value: str | None, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    if value is None:
-        return default
-    try:
-        numbers = tuple(float(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be comma-separated seconds like 1,3, got {value!r}") from None
-    if any(n < 0 for n in numbers):
-        raise ConfigError(f"{name} must not contain negative delays, got {value!r}")
-    return numbers

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.privacy import Privacy
 from gateway.replies import format_duration
 from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
@@ -39,6 +39,7 @@ from gateway.intake.spooled import SpoolEraser
 from gateway.storage.factory import open_store
 from gateway.storage.base import Store, StoreStartupError, StoredObject, newest_first
 from gateway.storage.keys import AUDIO, EXTENSIONS, IMAGES, InvalidKey, parse_key
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 
 

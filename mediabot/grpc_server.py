@@ -30,7 +30,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mediabot.grpc_metrics import ServerMetricsInterceptor, start_metrics_server
-from mediabot.grpc_tls import TlsConfigError, add_port, server_credentials
+from mediabot.config import ConfigError, ServerSettings
+from mediabot.grpc_tls import add_port, server_credentials
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 
@@ -56,24 +57,13 @@ class ServerConfig:
 
     # Short name ("audio"): log lines, thread names.
     name: str
-    # Prefix of the service's variables ("AUDIO"), so a TLS error names the variable to fix.
-    env_prefix: str
     # Full name of the gRPC service ("mediabot.v1.AudioService"): health and reflection list it.
     service_name: str
-    listen: str
-    # Calls running at once (threads) and in all (running + queued); beyond that gRPC answers RESOURCE_EXHAUSTED.
-    workers: int
-    max_concurrent_rpcs: int
+    # The settings every service has (mediabot.config.ServerSettings: listen address, threads and queue,
+    # drain time, connection age, metrics port, TLS), read under the service's prefix.
+    settings: ServerSettings
     max_receive_bytes: int
     max_send_bytes: int
-    # Connections are closed (GOAWAY) after about this long so clients re-resolve; 0 = never.
-    max_connection_age_s: float
-    # SIGTERM, and a connection past its age: how long calls in flight get to finish.
-    grace_s: float
-    metrics_port: int = 0
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""
     # Added to the "listening" log line (the service's own limits).
     log_fields: Mapping[str, object] = field(default_factory=dict)
 
@@ -82,11 +72,11 @@ class ServerConfig:
             ("grpc.max_receive_message_length", self.max_receive_bytes),
             ("grpc.max_send_message_length", self.max_send_bytes),
         ]
-        if self.max_connection_age_s > 0:
+        if self.settings.max_connection_age_s > 0:
             # gRPC adds ±10% jitter to the age, so the connections of many clients do not all close at once.
             options += [
-                ("grpc.max_connection_age_ms", round(self.max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", round(self.grace_s * 1000)),
+                ("grpc.max_connection_age_ms", round(self.settings.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(self.settings.grace_s * 1000)),
             ]
         return options
 
@@ -188,18 +178,18 @@ class CatchAllInterceptor(grpc.ServerInterceptor):
 
 
 def build_server(config: ServerConfig) -> GrpcServer:
-    """A fully configured server bound to ``config.listen``; the service adds its servicer to ``.server``
+    """A fully configured server bound to ``config.settings.listen``; the service adds its servicer to ``.server``
     before ``start()``.
 
     Health starts NOT_SERVING for "" and the service until the service calls ``set_serving(True)``. Raises
-    TlsConfigError for an unusable certificate setting and BindError when the address cannot be bound.
+    ConfigError for an unusable certificate setting and BindError when the address cannot be bound.
     """
     credentials = server_credentials(
-        config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file, prefix=config.env_prefix
+        config.settings.tls_cert_file, config.settings.tls_key_file, config.settings.tls_client_ca_file, prefix=config.settings.ENV_PREFIX
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"{config.name}-rpc"),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        futures.ThreadPoolExecutor(max_workers=config.settings.workers, thread_name_prefix=f"{config.name}-rpc"),
+        maximum_concurrent_rpcs=config.settings.max_concurrent_rpcs,
         options=config.grpc_options(),
         # Metrics outermost, so it counts the INTERNAL the catch-all answers.
         interceptors=[ServerMetricsInterceptor(), CatchAllInterceptor(config.name)],
@@ -208,11 +198,11 @@ def build_server(config: ServerConfig) -> GrpcServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((config.service_name, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     try:
-        port = add_port(server, config.listen, credentials)
+        port = add_port(server, config.settings.listen, credentials)
     except RuntimeError as error:  # grpc raises RuntimeError where older versions returned 0
-        raise BindError(f"cannot listen on {config.listen} ({error})") from None
+        raise BindError(f"cannot listen on {config.settings.listen} ({error})") from None
     if port == 0:
-        raise BindError(f"cannot listen on {config.listen}")
+        raise BindError(f"cannot listen on {config.settings.listen}")
     built = GrpcServer(server, port, health_servicer, config)
     built.set_serving(False)
     return built
@@ -223,22 +213,20 @@ def serve(
     load_settings: Callable[[], S],
     create: Callable[[S], GrpcServer],
     *,
-    config_errors: Iterable[type[Exception]] = (),
     log_level: Callable[[S], str] = lambda settings: getattr(settings, "log_level", "INFO"),
 ) -> int:
     """A service's ``main``: returns the exit status (0 after a clean stop, 2 for a bad configuration).
 
-    Settings, then the server; either failing with a configuration error (``config_errors``, a TLS setting,
+    Settings, then the server; either failing with a configuration error (a bad setting, an unusable TLS file,
     an address that cannot be bound) is one "bad configuration" log line naming the problem, and status 2.
     """
     configure_logging(name)  # before the settings, so even their error is a JSON line
-    expected = (*config_errors, TlsConfigError, BindError)
     try:
         settings = load_settings()
         configure_logging(name, log_level(settings))
         return_large_buffers_to_the_os()
         server = create(settings)
-    except expected as error:
+    except (ConfigError, BindError) as error:
         logger.error("bad configuration", extra={"service": name, "error": str(error)})
         return EXIT_BAD_CONFIGURATION
     run_until_signalled(server)
@@ -249,15 +237,15 @@ def run_until_signalled(server: GrpcServer) -> None:
     """Start ``server`` (and its metrics port), then block until SIGTERM/SIGINT and the drain are over."""
     config = server.config
     server.start()
-    if config.metrics_port:
-        metrics_server = start_metrics_server(config.listen, config.metrics_port)
+    if config.settings.metrics_port:
+        metrics_server = start_metrics_server(config.settings.listen, config.settings.metrics_port)
         logger.info(f"{config.name} metrics listening", extra={"metrics_port": metrics_server.server_port})
     logger.info(
         f"{config.name} service listening",
-        extra={"listen": config.listen, "port": server.port, "tls": bool(config.tls_cert_file),
-               "mtls": bool(config.tls_client_ca_file), "workers": config.workers,
-               "max_concurrent_rpcs": config.max_concurrent_rpcs,
-               "max_connection_age_s": config.max_connection_age_s, **config.log_fields},
+        extra={"listen": config.settings.listen, "port": server.port, "tls": bool(config.settings.tls_cert_file),
+               "mtls": bool(config.settings.tls_client_ca_file), "workers": config.settings.workers,
+               "max_concurrent_rpcs": config.settings.max_concurrent_rpcs,
+               "max_connection_age_s": config.settings.max_connection_age_s, **config.log_fields},
     )
     stopped: list[threading.Event] = []
 
@@ -265,12 +253,12 @@ def run_until_signalled(server: GrpcServer) -> None:
         if stopped:
             return  # a second signal: the drain is already under way
         logger.info(f"{config.name} service stopping",
-                    extra={"signal": signal.Signals(signum).name, "grace_s": config.grace_s})
-        stopped.append(server.stop(config.grace_s))
+                    extra={"signal": signal.Signals(signum).name, "grace_s": config.settings.grace_s})
+        stopped.append(server.stop(config.settings.grace_s))
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
     server.wait_for_termination()
     if stopped:
-        stopped[0].wait(timeout=config.grace_s + 5)
+        stopped[0].wait(timeout=config.settings.grace_s + 5)
     logger.info(f"{config.name} service stopped")

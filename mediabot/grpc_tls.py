@@ -12,18 +12,16 @@ from pathlib import Path
 
 import grpc
 
-
-class TlsConfigError(ValueError):
-    """A certificate setting is incomplete or a file cannot be read; the message names the setting."""
+from mediabot.config import ConfigError, invalid
 
 
 def _read(path: str, name: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise TlsConfigError(f"{name}: cannot read {path!r} ({error.strerror})") from None
+        raise invalid(name, "a readable PEM file", path, f"cannot read it ({error.strerror})") from None
     if b"-----BEGIN" not in data:
-        raise TlsConfigError(f"{name}: {path!r} is not a PEM file")
+        raise invalid(name, "a PEM file", path, "no -----BEGIN line in it")
     return data
 
 
@@ -33,10 +31,10 @@ def server_credentials(
     """None when no certificate is configured (plaintext); credentials otherwise, mTLS with a client CA."""
     if not cert_file and not key_file:
         if client_ca_file:
-            raise TlsConfigError(f"{prefix}_TLS_CLIENT_CA_FILE needs {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE")
+            raise ConfigError(f"{prefix}_TLS_CLIENT_CA_FILE needs {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE")
         return None
     if not (cert_file and key_file):
-        raise TlsConfigError(f"set both {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE, or neither")
+        raise ConfigError(f"set both {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE, or neither")
     pair = (_read(key_file, f"{prefix}_TLS_KEY_FILE"), _read(cert_file, f"{prefix}_TLS_CERT_FILE"))
     if client_ca_file:
         return grpc.ssl_server_credentials(
@@ -50,10 +48,10 @@ def channel_credentials(ca_file: str, cert_file: str, key_file: str, *, prefix: 
     """None when no CA is configured (plaintext); TLS verifying the server otherwise, mTLS with a client pair."""
     if not ca_file:
         if cert_file or key_file:
-            raise TlsConfigError(f"{prefix}_TLS_CERT_FILE/KEY_FILE need {prefix}_TLS_CA_FILE")
+            raise ConfigError(f"{prefix}_TLS_CERT_FILE/KEY_FILE need {prefix}_TLS_CA_FILE")
         return None
     if bool(cert_file) != bool(key_file):
-        raise TlsConfigError(f"set both {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE, or neither")
+        raise ConfigError(f"set both {prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE, or neither")
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca_file, f"{prefix}_TLS_CA_FILE"),
         private_key=_read(key_file, f"{prefix}_TLS_KEY_FILE") if key_file else None,

@@ -15,13 +15,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mediabot.grpc_metrics import HANDLED
+from mediabot.config import ServerSettings
 from mediabot.grpc_server import BindError, GrpcServer, ServerConfig, build_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +33,17 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+@dataclass(frozen=True)
+class SkeletonSettings(ServerSettings):
+    ENV_PREFIX: ClassVar[str] = "SKELETON"
+
+
 def config(**overrides: object) -> ServerConfig:
-    fields: dict[str, object] = {
-        "name": "skeleton", "env_prefix": "SKELETON", "service_name": SERVICE, "listen": "127.0.0.1:0",
-        "workers": 2, "max_concurrent_rpcs": 4, "max_receive_bytes": 1024 * 1024, "max_send_bytes": 1024 * 1024,
-        "max_connection_age_s": 0.0, "grace_s": 5.0,
-    }
-    return ServerConfig(**{**fields, **overrides})  # type: ignore[arg-type]
+    """A test service's configuration: ``overrides`` are ServerSettings fields (listen, workers, ...)."""
+    fields: dict[str, object] = {"workers": 2, "max_queued": 2, "max_connection_age_s": 0.0, "grace_s": 5.0}
+    settings = SkeletonSettings(**{**fields, **overrides})  # type: ignore[arg-type]
+    return ServerConfig(name="skeleton", service_name=SERVICE, settings=settings,
+                        max_receive_bytes=1024 * 1024, max_send_bytes=1024 * 1024)
 
 
 class Skeleton:
@@ -192,7 +199,7 @@ def test_a_certificate_that_cannot_be_read_stops_the_service_with_one_line(
     entry = only_line(run_service(package, {
         f"{prefix}_LISTEN": "127.0.0.1:0", f"{prefix}_TLS_CERT_FILE": missing, f"{prefix}_TLS_KEY_FILE": missing,
     }))
-    assert f"{prefix}_TLS_KEY_FILE: cannot read" in str(entry["error"]) and missing in str(entry["error"])
+    assert f"{prefix}_TLS_KEY_FILE must be a readable PEM file" in str(entry["error"]) and missing in str(entry["error"])
 
 
 @pytest.mark.parametrize("package, prefix", [("audio_service", "AUDIO"), ("vision_service", "VISION")])

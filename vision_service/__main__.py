@@ -3,8 +3,8 @@
 import sys
 
 from mediabot.grpc_server import serve
-from vision_service.config import ConfigError, Settings
+from vision_service.config import Settings
 from vision_service.server import create_server
 
 if __name__ == "__main__":
-    sys.exit(serve("vision", Settings.from_env, create_server, config_errors=(ConfigError,)))
+    sys.exit(serve("vision", Settings.from_env, create_server))

@@ -201,12 +201,7 @@ def server_config(settings: Settings) -> ServerConfig:
     """The shared skeleton's settings (mediabot.grpc_server)."""
     receive, send = limits.vision_server_message_bytes(settings.max_input_bytes)
     return ServerConfig(
-        name="vision", env_prefix="VISION", service_name=SERVICE_NAME, listen=settings.listen,
-        workers=settings.workers, max_concurrent_rpcs=settings.max_concurrent_rpcs,
-        max_receive_bytes=receive, max_send_bytes=send,
-        max_connection_age_s=settings.max_connection_age_s, grace_s=settings.grace_s,
-        metrics_port=settings.metrics_port, tls_cert_file=settings.tls_cert_file,
-        tls_key_file=settings.tls_key_file, tls_client_ca_file=settings.tls_client_ca_file,
+        name="vision", service_name=SERVICE_NAME, settings=settings, max_receive_bytes=receive, max_send_bytes=send,
         log_fields={"triton_url": settings.triton_url, "model": settings.triton_model},
     )
 

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from gateway.budget import Budget
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.intake.attempt import Attempt, Attempts
 from gateway.privacy import Privacy
 from gateway.intake.spool import Backoff, Entry, Spool
 from gateway.intake.spooled import SpoolIntake
+from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
 

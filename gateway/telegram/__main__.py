@@ -26,8 +26,9 @@ import telebot
 from telebot import apihelper
 from telebot.apihelper import ApiException, ApiTelegramException
 
-from gateway.config import TELEGRAM_WEBHOOK_PATH, ConfigError, Settings
+from gateway.config import TELEGRAM_WEBHOOK_PATH, Settings
 from gateway.telegram.botapi import mask_token_in_library_logs
+from mediabot.config import ConfigError
 
 ALLOWED_UPDATES = ["message"]
 

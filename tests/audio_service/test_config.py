@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from audio_service.config import ConfigError, Settings
+from audio_service.config import Settings
+from mediabot.config import ConfigError
 
 
 def test_defaults_fit_whatsapp() -> None:
@@ -42,6 +44,9 @@ def test_values_are_read_from_the_environment(tmp_path) -> None:
     ("name", "value"),
     [
         ("AUDIO_LISTEN", "50051"),
+        ("AUDIO_LISTEN", "localhost:"),
+        ("AUDIO_LISTEN", "0.0.0.0:70000"),
+        ("AUDIO_LISTEN", "http://0.0.0.0:50051"),
         ("AUDIO_MAX_INPUT_BYTES", "16MB"),
         ("AUDIO_MAX_INPUT_BYTES", "0"),
         ("AUDIO_MAX_DURATION_S", "nan"),
@@ -50,8 +55,14 @@ def test_values_are_read_from_the_environment(tmp_path) -> None:
         ("AUDIO_GRACE_S", "-1"),
         ("LOG_LEVEL", "LOUD"),
         ("AUDIO_TMP_DIR", "/no/such/dir"),
+        ("AUDIO_METRICS_PORT", "70000"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=name):
+    with pytest.raises(ConfigError, match=rf"^{name} must be .*, got '{re.escape(value)}'$"):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("listen", ["[::]:50051", "localhost:0", "audio:50051"])
+def test_listen_takes_any_host_and_port(listen: str) -> None:
+    assert Settings.from_env({"AUDIO_LISTEN": listen}).listen == listen

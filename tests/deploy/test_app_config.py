@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from mediabot.config import ServerSettings
 from tests.deploy import tools
 from tests.deploy.conftest import FAKE_SECRETS, OVERLAYS
 from tests.deploy.k8s_objects import container, one, resolved_env, workload as workload_named
@@ -29,12 +30,15 @@ LIBRARY_VARIABLES = {"gateway": {"PROMETHEUS_MULTIPROC_DIR": "gateway/metrics.py
 
 def _variables_read_by(package: str) -> set[str]:
     """Environment variable names config.py mentions: each service reads its environment there and only there,
-    except a library's own variable (prometheus-client's PROMETHEUS_MULTIPROC_DIR), checked where it is used."""
+    except a library's own variable (prometheus-client's PROMETHEUS_MULTIPROC_DIR), checked where it is used,
+    and the gRPC services' shared ones (AUDIO_LISTEN, ...), which mediabot.config.ServerSettings lists."""
     source = (tools.REPO / package / "config.py").read_text(encoding="utf-8")
     library = LIBRARY_VARIABLES.get(package, {})
     for name, user in library.items():
         assert name in (tools.REPO / user).read_text(encoding="utf-8"), f"{user} no longer reads {name}"
-    return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) | set(library)
+    settings = importlib.import_module(f"{package}.config").Settings
+    shared = settings.variables() if issubclass(settings, ServerSettings) else ()
+    return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) | set(library) | set(shared)
 
 
 def _settings(package: str, env: dict[str, str]) -> Any:

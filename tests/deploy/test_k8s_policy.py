@@ -209,7 +209,8 @@ def _run_minio_init(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_the_template_applied_unedited_runs_nothing(tmp_path) -> None:  # noqa: ANN001
     """Rendered from the template, the gateway and the worker refuse to start and the minio-init Job fails,
     each naming a placeholder: no pod runs on values anyone can read in this repository."""
-    from gateway.config import ConfigError, Settings
+    from gateway.config import Settings
+    from mediabot.config import ConfigError
 
     docs = tools.kustomize(tools.copy_k8s(tmp_path) / "overlays" / "gpu")
     for container in [*containers(workload_named(docs, "gateway")), *containers(workload_named(docs, "worker"))]:

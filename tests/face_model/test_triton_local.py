@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from face_model.config import ConfigError, Settings
+from face_model.config import Settings
 from face_model.triton_local import (
     TritonStartError,
     assemble_backend_directory,
@@ -22,6 +22,7 @@ from face_model.triton_local import (
     wait_ready,
 )
 from bench.support import REPO_ROOT, free_port
+from mediabot.config import ConfigError
 
 IDENTITY_REPOSITORY = Path(__file__).parent / "identity_repository"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway import GatewayStartupError, create_app
-from gateway.config import DEFAULT_MEDIA_HOSTS, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, ConfigError, Settings
+from gateway.config import DEFAULT_MEDIA_HOSTS, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
+from mediabot.config import ConfigError
 
 REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
 MINIO = {
@@ -177,11 +178,48 @@ def test_values_are_read() -> None:
         ({**REAL, "MEDIA_HOST_ALLOWLIST": "https://api.twilio.com/x"}, "MEDIA_HOST_ALLOWLIST"),
         ({**REAL, "MEDIA_HOST_ALLOWLIST": " , "}, "MEDIA_HOST_ALLOWLIST"),
         ({**REAL, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({**REAL, "GRPC_MAX_ATTEMPTS": "6"}, "GRPC_MAX_ATTEMPTS"),
+        ({**REAL, "RETENTION_DAYS": "0"}, "RETENTION_DAYS"),
+        ({**REAL, "AUDIO_SERVICE_ADDR": "audio"}, "AUDIO_SERVICE_ADDR"),
+        ({**REAL, "AUDIO_SERVICE_ADDR": "http://audio:50051"}, "AUDIO_SERVICE_ADDR"),
+        ({**REAL, "AUDIO_SERVICE_ADDR": "dns:///audio"}, "AUDIO_SERVICE_ADDR"),
+        ({**REAL, "VISION_SERVICE_ADDR": "vision:0"}, "VISION_SERVICE_ADDR"),
+        ({**REAL, "VISION_SERVICE_ADDR": "ipv4:vision:50052"}, "VISION_SERVICE_ADDR"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_PORT", "http"),
+        ("MAX_MEDIA_BYTES", "16MB"),
+        ("AUDIO_RPC_TIMEOUT_S", "nan"),
+        ("WEBHOOK_BUDGET_S", "15"),
+        ("MEDIA_404_RETRY_DELAYS_S", "1,-3"),
+        ("TRUST_PROXY", "maybe"),
+        ("STORAGE", "s3"),
+        ("AUDIO_SERVICE_ADDR", "audio:port"),
+        ("PUBLIC_BASE_URL", "ftp://abc.ngrok.app"),
+    ],
+)
+def test_a_bad_value_is_named_and_repeated_in_the_one_message_shape(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name} must be .*, got '{value}'$"):
+        Settings.from_env({**REAL, name: value})
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["audio:50051", "10.0.0.7:50051", "[::1]:50051", "dns:///audio-headless.mediabot.svc.cluster.local:50051",
+     "dns://10.96.0.10:53/audio:50051", "ipv4:10.0.0.7:50051,10.0.0.8:50051", "ipv6:[::1]:50051",
+     "unix:/run/mediabot/audio.sock", "unix:///run/mediabot/audio.sock"],
+)
+def test_service_addresses_take_grpc_targets(target: str) -> None:
+    s = Settings.from_env({**REAL, "AUDIO_SERVICE_ADDR": target, "VISION_SERVICE_ADDR": target})
+    assert (s.audio_service_addr, s.vision_service_addr) == (target, target)
 
 
 def test_create_app_stops_with_the_message_on_bad_configuration(tmp_path: Path) -> None:

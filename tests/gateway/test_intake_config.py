@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
+from mediabot.config import ConfigError
 
 REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
 

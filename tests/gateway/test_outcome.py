@@ -29,7 +29,8 @@ def test_a_status_code_is_retried_exactly_when_it_is_transient() -> None:
             continue
         assert rpc_outcome(code).retryable == (code in _TRANSIENT_CODES), code
     assert rpc_outcome(grpc.StatusCode.INVALID_ARGUMENT) is Outcome.REJECTED
-    assert rpc_outcome(grpc.StatusCode.RESOURCE_EXHAUSTED) is Outcome.TOO_LARGE
+    assert rpc_outcome(grpc.StatusCode.OUT_OF_RANGE) is Outcome.TOO_LARGE
+    assert rpc_outcome(grpc.StatusCode.RESOURCE_EXHAUSTED) is Outcome.BUSY
     assert rpc_outcome(grpc.StatusCode.DEADLINE_EXCEEDED) is Outcome.UNAVAILABLE
     assert rpc_outcome(grpc.StatusCode.INTERNAL) is Outcome.ERROR
     assert rpc_outcome(grpc.StatusCode.UNIMPLEMENTED) is Outcome.REFUSED

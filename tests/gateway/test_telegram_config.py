@@ -12,9 +12,9 @@ from gateway.config import (
     DEV_TELEGRAM_API_BASE_URL,
     DEV_TELEGRAM_BOT_TOKEN,
     DEV_TELEGRAM_WEBHOOK_SECRET,
-    ConfigError,
     Settings,
 )
+from mediabot.config import ConfigError
 
 REAL = {"TWILIO_ACCOUNT_SID": "AC" + "1f" * 16, "TWILIO_AUTH_TOKEN": "secret"}
 PUBLIC = {**REAL, "PUBLIC_BASE_URL": "https://bot.example.com"}
@@ -63,7 +63,7 @@ def test_the_development_token_goes_to_a_loopback_bot_api_only() -> None:
 @pytest.mark.parametrize(("env", "match"), [
     ({"TELEGRAM_BOT_TOKEN": "1:abc"}, "set both"),
     ({"TELEGRAM_WEBHOOK_SECRET": "abc"}, "set both"),
-    ({**BOT, "TELEGRAM_BOT_TOKEN": "not a token"}, "TELEGRAM_BOT_TOKEN must look like"),
+    ({**BOT, "TELEGRAM_BOT_TOKEN": "not a token"}, "TELEGRAM_BOT_TOKEN must be the token BotFather gave you"),
     ({**BOT, "TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "1-256 characters"),
     ({**BOT, "TELEGRAM_WEBHOOK_SECRET": "x" * 257}, "1-256 characters"),
     ({**BOT, "TELEGRAM_API_BASE_URL": "http://api.telegram.org"}, "must be https"),

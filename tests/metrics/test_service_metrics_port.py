@@ -14,10 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from audio_service.config import ConfigError as AudioConfigError
 from audio_service.config import Settings as AudioSettings
+from mediabot.config import ConfigError
 from tests.fixtures.gateway import free_port
-from vision_service.config import ConfigError as VisionConfigError
 from vision_service.config import Settings as VisionSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,9 +51,9 @@ def test_audio_service_serves_metrics_on_its_metrics_port(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("value", ["-1", "70000", "nine"])
 def test_metrics_ports_are_validated(value: str) -> None:
-    with pytest.raises(AudioConfigError, match="AUDIO_METRICS_PORT"):
+    with pytest.raises(ConfigError, match="AUDIO_METRICS_PORT"):
         AudioSettings.from_env({"AUDIO_METRICS_PORT": value})
-    with pytest.raises(VisionConfigError, match="VISION_METRICS_PORT"):
+    with pytest.raises(ConfigError, match="VISION_METRICS_PORT"):
         VisionSettings.from_env({"VISION_METRICS_PORT": value})
 
 

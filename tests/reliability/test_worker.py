@@ -148,7 +148,8 @@ def test_worker_process_exits_on_sigterm_and_leaves_the_spool_for_the_next_start
 
 
 def test_backoff_settings_come_from_the_environment(tmp_path: Path) -> None:
-    from gateway.config import ConfigError, Settings
+    from gateway.config import Settings
+    from mediabot.config import ConfigError
 
     settings = Settings.from_env({"SPOOL_DIR": str(tmp_path), "SPOOL_RETRY_BASE_S": "2", "SPOOL_RETRY_MAX_S": "9"})
     assert (settings.spool_dir, settings.spool_retry_base_s, settings.spool_retry_max_s) == (tmp_path, 2.0, 9.0)

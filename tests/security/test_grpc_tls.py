@@ -17,8 +17,9 @@ from flask import Flask
 from audio_service.config import Settings as AudioSettings
 from audio_service.server import create_server as create_audio_server
 from gateway import GatewayStartupError
+from mediabot.config import ConfigError
 from mediabot.grpc_server import GrpcServer
-from mediabot.grpc_tls import TlsConfigError, server_credentials
+from mediabot.grpc_tls import server_credentials
 from tests.fixtures.gateway import MediaServer, media_form, reply_of, signed_post
 from tests.security.certs import Pki, make_pki
 
@@ -117,7 +118,7 @@ def test_vision_service_serves_tls_from_its_settings(pki: Pki) -> None:
     ],
 )
 def test_incomplete_server_tls_settings_are_refused_by_name(kwargs: dict[str, str], message: str) -> None:
-    with pytest.raises(TlsConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         server_credentials(**kwargs, prefix="AUDIO")
 
 

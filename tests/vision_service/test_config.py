@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import pytest
 
-from vision_service.config import ConfigError, Settings
+from mediabot.config import ConfigError
+from vision_service.config import Settings
 
 
 def test_defaults() -> None:
@@ -54,6 +56,8 @@ def test_values_are_read() -> None:
     [
         ("VISION_LISTEN", "50052"),
         ("TRITON_URL", "localhost"),
+        ("TRITON_URL", "grpc://triton:8001"),
+        ("VISION_LISTEN", "[not-ipv6]:50052"),
         ("TRITON_MODEL_VERSION", "latest"),
         ("TRITON_TIMEOUT_S", "0"),
         ("TRITON_TIMEOUT_S", "nan"),
@@ -74,7 +78,7 @@ def test_values_are_read() -> None:
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=name):
+    with pytest.raises(ConfigError, match=rf"^{name} must be .*, got '{re.escape(value)}'$"):
         Settings.from_env({name: value})
 
 
