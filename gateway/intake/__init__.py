@@ -1,0 +1,1 @@
+"""Durable intake: where an accepted webhook waits until its media is processed."""
