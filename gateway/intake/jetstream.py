@@ -219,8 +219,11 @@ class Delivery:
         self._intake._call(lambda _c: self._msg.nak(delay=delay_s if delay_s > 0 else None))
 
     def term(self) -> None:
-        """Never again, and keep nothing: the server deletes the message (no dead letter)."""
-        self._intake._call(lambda _c: self._msg.term())
+        """Never again, and keep nothing: the server deletes the message (no dead letter). Waits for the
+        server to confirm, so a purge or a count right after sees it gone."""
+        timeout = self._intake.settings.request_timeout_s
+        # What Msg.ack_sync does for an ack: the ack as a request, which the server answers once applied.
+        self._intake._call(lambda c: c.nc.request(self._msg.reply, b"+TERM", timeout=timeout))
 
     def in_progress(self) -> None:
         """Still working on it: restarts the ack wait, so a long attempt is not handed to another worker."""
@@ -346,7 +349,8 @@ class JetStreamIntake:
         def publish(conn: _Connection) -> Awaitable[object]:
             return conn.js.publish(subject, payload, timeout=timeout, headers=headers)
 
-        ack = self._call(publish, timeout_s=timeout)
+        # The PubAck wait inside publish raises first; the outer bound is for a stuck loop.
+        ack = self._call(publish, timeout_s=timeout + 0.1)
         return not ack.duplicate  # type: ignore[attr-defined]
 
     def ready(self) -> bool:
@@ -399,14 +403,15 @@ class JetStreamIntake:
                 conn.pull = await conn.js.pull_subscribe_bind(settings.consumer, stream=settings.stream)
             try:
                 return await conn.pull.fetch(batch, timeout=timeout_s)
-            except nats.errors.TimeoutError:
+            except asyncio.TimeoutError:  # nats-py raises its own subclass or asyncio's for "none came"
                 if not conn.nc.is_connected:
                     raise
                 return []
 
         # One pull request at a time per connection: concurrent fetches on one subscription mix replies.
         with self._fetch_lock:
-            msgs = self._call(fetch, timeout_s=timeout_s)
+            # The pull request's own timeout ends an empty wait; the outer one only a dead connection.
+            msgs = self._call(fetch, timeout_s=timeout_s + self.settings.request_timeout_s)
         return [Delivery(self, msg) for msg in msgs]
 
     # --- outcome hand-off ----------------------------------------------------------------------------
@@ -424,7 +429,7 @@ class JetStreamIntake:
                 logger.debug("outcome taken", extra={"message_sid": message_id})
             try:
                 # Also while reconnecting: nats-py would otherwise subscribe it again after the reconnect.
-                self._call(lambda _c: sub.unsubscribe(), require_connected=False)
+                self._call(lambda c: _unsubscribe(c, sub), require_connected=False)
             except IntakeUnavailable:
                 pass  # the waiter refuses every offer anyway
 
@@ -444,7 +449,7 @@ class JetStreamIntake:
             return reply.data == _TAKEN
 
         try:
-            return self._call(offer, timeout_s=timeout_s)
+            return self._call(offer, timeout_s=timeout_s + _LOOP_MARGIN_S)
         except IntakeUnavailable:
             return False
 
@@ -688,6 +693,14 @@ async def _ensure_topology(js: JetStreamContext, settings: JetStreamSettings) ->
         ack_wait=settings.ack_wait_s, backoff=list(settings.backoff_s) or None, max_deliver=settings.max_deliver,
         filter_subject=settings.work_subjects, description="mediabot workers (shared)",
     ))
+
+
+async def _unsubscribe(conn: _Connection, sub: object) -> None:
+    await sub.unsubscribe()  # type: ignore[attr-defined]
+    if conn.nc.is_connected:
+        # A round trip, so the server has dropped the interest before this returns: a worker offering
+        # from here on hears "no responders" at once instead of waiting out its timeout.
+        await conn.nc.flush()
 
 
 def _dead_letter(seq: int, msg: object) -> DeadLetter:
