@@ -177,7 +177,8 @@ class JetStreamSettings:
 
 
 class IntakeUnavailable(RuntimeError):
-    """NATS is unreachable or did not answer in time: the message was NOT accepted (say so to the user)."""
+    """NATS is unreachable or did not answer in time: the operation is not confirmed (for a publish: the
+    message is not accepted, tell the user; see ``JetStreamIntake.publish`` for the one caveat)."""
 
 
 class DeadLetterNotFound(LookupError):
@@ -340,7 +341,11 @@ class JetStreamIntake:
 
     def publish(self, message_id: str, payload: bytes, sender_key: str, *, timeout_s: float | None = None) -> bool:
         """Store a message for the workers; True if it is new, False if the server already had this id
-        (a replayed webhook: dropped). Raises IntakeUnavailable if it is not confirmed stored in time."""
+        (a replayed webhook: dropped). Raises IntakeUnavailable if it is not confirmed stored in time:
+        at once while the client knows the connection is down; within ``timeout_s`` if the server died
+        unnoticed, and then the publish may still reach the server after the reconnect (nats-py resends
+        what it had buffered), so "not confirmed" is not "not stored". A second publish of the same id
+        is deduplicated either way."""
         subject = self.settings.work_subject(sender_key)
         _token(message_id, "message_id")
         timeout = self.settings.publish_timeout_s if timeout_s is None else timeout_s
