@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.audio",
     "tests.fixtures.gateway",
+    "tests.fixtures.nats",
     "tests.fixtures.s3",
     "tests.fixtures.telegram",
     "tests.fixtures.triton",

@@ -1,0 +1,1 @@
+"""The durable intake: JetStream mechanics against a real nats-server."""
