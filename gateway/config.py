@@ -19,7 +19,7 @@ from mediabot import config, limits
 
 logger = logging.getLogger(__name__)
 
-# Used when TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are unset, so `make run` and `python -m gateway.simulate`
+# Used when TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are unset, so `make run` and `python -m gateway.whatsapp.simulate`
 # work together out of the box. The simulator imports these same constants: one place, one truth. The token
 # is public (it is in this file), so it is accepted only where nobody else can reach the gateway: with a
 # loopback PUBLIC_BASE_URL, TRUST_PROXY=0, and (gateway.signature) from loopback clients only.
@@ -40,7 +40,7 @@ TELEGRAM_WEBHOOK_PATH = "/telegram"
 
 # Telegram (gateway.telegram). Used when TELEGRAM_BOT_TOKEN / TELEGRAM_WEBHOOK_SECRET are unset and the gateway
 # is reachable from this machine only (loopback PUBLIC_BASE_URL, TRUST_PROXY=0), so `make run` and
-# `python -m gateway.simulate --channel telegram` work together; public like DEV_AUTH_TOKEN, so refused
+# `python -m gateway.telegram.simulate` work together; public like DEV_AUTH_TOKEN, so refused
 # anywhere else. The Bot API is then the simulator's, on loopback port 8081 (the self-hosted telegram-bot-api
 # server's default port).
 DEV_TELEGRAM_BOT_TOKEN = "1000000001:mediabot-local-development-telegram-token"
@@ -136,7 +136,7 @@ class Settings:
     webhook_budget_s: float
     log_level: str
     gateway_port: int
-    # Durable intake (gateway.spool, gateway.worker): where verified webhooks wait until processed, and how
+    # Durable intake (gateway.intake.spool, gateway.intake.worker): where verified webhooks wait until processed, and how
     # the background worker retries them (exponential backoff with jitter between these bounds).
     spool_dir: Path = Path("./data/spool")
     spool_retry_base_s: float = 1.0
@@ -146,6 +146,9 @@ class Settings:
     # How often the worker looks for due entries, and the time one background attempt may take.
     spool_poll_s: float = 1.0
     spool_attempt_budget_s: float = 30.0
+    # The poison cap, both intakes: attempts at a message before what is still failing is given up, with a
+    # final reply, so an input that crashes a service is not retried for a day (JetStream: its MaxDeliver).
+    intake_max_attempts: int = 20
     # INTAKE: "spool" (the files above) or "jetstream" (a stream on the NATS servers NATS_URL names, with
     # NATS_REPLICAS copies of each message: 3 on the k8s cluster, 1 on a single server).
     intake: str = "spool"
@@ -262,6 +265,7 @@ class Settings:
             spool_give_up_after_s=config.seconds(env, "SPOOL_GIVE_UP_AFTER_S", 24 * 3600.0),
             spool_poll_s=config.seconds(env, "SPOOL_POLL_S", 1.0),
             spool_attempt_budget_s=config.seconds(env, "SPOOL_ATTEMPT_BUDGET_S", 30.0),
+            intake_max_attempts=config.integer(env, "INTAKE_MAX_ATTEMPTS", 20, minimum=2, maximum=1000),
             media_allow_private_addresses=config.flag(env, "MEDIA_ALLOW_PRIVATE_ADDRESSES", False),
             grpc_tls_ca_file=config.text(env, "GRPC_TLS_CA_FILE"),
             grpc_tls_cert_file=config.text(env, "GRPC_TLS_CERT_FILE"),
@@ -301,7 +305,7 @@ class Settings:
                 "RUNNING WITH DEVELOPMENT TELEGRAM CREDENTIALS: TELEGRAM_BOT_TOKEN/TELEGRAM_WEBHOOK_SECRET are unset, "
                 "so %s takes updates carrying a public development secret, from clients on this machine only, "
                 "and fetches files from the simulator's Bot API at %s. Fine for `make run` with `python -m "
-                "gateway.simulate --channel telegram`; set both variables for a real bot.",
+                "gateway.telegram.simulate`; set both variables for a real bot.",
                 TELEGRAM_WEBHOOK_PATH, self.telegram_api_base_url,
                 extra={"telegram_dev_credentials": True, "public_base_url": self.public_base_url},
             )
