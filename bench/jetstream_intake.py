@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.intake.jetstream import JetStreamIntake, JetStreamSettings, sender_key
+from gateway.intake.jetstream import JetStreamQueue, JetStreamSettings, sender_key
 from tests.fixtures.nats import NatsServer
 
 # About what a WhatsApp media webhook's form takes as JSON.
@@ -27,7 +27,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _drain(intake: JetStreamIntake, total: int, batch: int) -> float:
+def _drain(intake: JetStreamQueue, total: int, batch: int) -> float:
     started = time.perf_counter()
     done = 0
     while done < total:
@@ -41,7 +41,7 @@ def run(count: int, *, sync_always: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
         server = NatsServer(root=Path(root), sync_always=sync_always)
         server.start()
-        intake = JetStreamIntake(JetStreamSettings(url=server.url))
+        intake = JetStreamQueue(JetStreamSettings(url=server.url))
         try:
             intake.ensure_topology()
             key = sender_key("15550000000")

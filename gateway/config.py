@@ -68,6 +68,9 @@ INTAKE_BACKENDS = ("spool", "jetstream")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # JetStream keeps 1, 3 or 5 copies in practice (a Raft group needs a majority); it refuses more than 5.
 MAX_NATS_REPLICAS = 5
+# The work stream's name (KEDA's scaler names it too: k8s/components/keda-worker); letters, digits, - and _.
+DEFAULT_NATS_STREAM = "MEDIABOT_INTAKE"
+_NATS_STREAM = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
@@ -154,6 +157,16 @@ class Settings:
     intake: str = "spool"
     nats_url: str = DEFAULT_NATS_URL
     nats_replicas: int = 1
+    # INTAKE=jetstream (gateway.intake.jetstream_intake): the work stream's name (its dead letters go to
+    # <name>_DEAD_LETTERS); how long the server remembers a MessageSid to drop a replayed webhook (hours:
+    # Twilio's retries and debugger replays and a proxy's resend come later than NATS's 2-minute default);
+    # how long a delivery may go without a sign of life before another worker gets it (a worker killed
+    # mid-attempt); the key of the HMAC that turns a sender id into its subject token (empty: derived from
+    # TWILIO_AUTH_TOKEN, which every gateway and worker already has).
+    nats_stream: str = DEFAULT_NATS_STREAM
+    nats_duplicate_window_s: float = 6 * 3600.0
+    nats_ack_wait_s: float = 60.0
+    nats_subject_key: str = field(default="", repr=False)
     # The worker's own HTTP port for GET /healthz and GET /metrics (probes, Prometheus); 0 = none.
     worker_metrics_port: int = 0
     # Security (issue 6): allowlisted media hosts whose name resolves to a private, loopback or link-local
@@ -384,8 +397,22 @@ def _intake(env: Mapping[str, str]) -> dict[str, object]:
         "nats_url": ",".join(servers),
         # JetStream's own cap on a stream's copies is 5.
         "nats_replicas": config.integer(env, "NATS_REPLICAS", 1, minimum=1, maximum=MAX_NATS_REPLICAS),
+        "nats_stream": _nats_stream(env),
+        # The server's own bounds are wider; below a minute a Twilio retry could already miss it.
+        "nats_duplicate_window_s": config.number(env, "NATS_DUPLICATE_WINDOW_S", 6 * 3600.0, minimum=60,
+                                                 maximum=7 * 24 * 3600.0),
+        # The worker signals progress every third of it during an attempt, so it need not cover one.
+        "nats_ack_wait_s": config.number(env, "NATS_ACK_WAIT_S", 60.0, minimum=1, maximum=3600.0),
+        "nats_subject_key": config.optional(env, "NATS_SUBJECT_KEY") or "",
         "worker_metrics_port": config.port(env, "WORKER_METRICS_PORT", 0, zero_means_off=True),
     }
+
+
+def _nats_stream(env: Mapping[str, str]) -> str:
+    stream = config.text(env, "NATS_STREAM", DEFAULT_NATS_STREAM)
+    if not _NATS_STREAM.fullmatch(stream):
+        raise config.invalid("NATS_STREAM", "1-32 letters, digits, '-' or '_'", stream)
+    return stream
 
 
 # What Settings holds for MinIO when STORAGE=filesystem: nothing is read, nothing is checked.

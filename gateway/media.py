@@ -35,6 +35,7 @@ from gateway.privacy import Privacy
 from gateway.replies import format_duration
 from gateway.sender import InvalidSender, mask_phone, parse_sender_argument
 from gateway.intake.spool import Spool
+from gateway.intake import Forgets
 from gateway.intake.spooled import SpoolEraser
 from gateway.storage.factory import open_store
 from gateway.storage.base import Store, StoreStartupError, StoredObject, newest_first
@@ -163,11 +164,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.close()
 
 
+def _intake_eraser(settings: Settings) -> Forgets | None:
+    """What erases a sender's waiting messages: the JetStream stream (INTAKE=jetstream), or this host's
+    spool if it has one (erasing must not create an empty spool where none was used)."""
+    if settings.intake == "jetstream":
+        from gateway.intake.jetstream import JetStreamQueue
+        from gateway.intake.jetstream_intake import JetStreamEraser, jetstream_settings
+
+        return JetStreamEraser(JetStreamQueue(jetstream_settings(settings)))
+    return SpoolEraser(Spool(settings.spool_dir)) if settings.spool_dir.is_dir() else None
+
+
 def _privacy(args: argparse.Namespace, store: Store, settings: Settings, sender: str) -> int:
     """``export`` and ``delete``: the operator's side of gateway.privacy."""
-    # This host's spool, if it has one: erasing must not create an empty spool where none was used.
-    spool = Spool(settings.spool_dir) if settings.spool_dir.is_dir() else None
-    privacy = Privacy(store, SpoolEraser(spool) if spool is not None else None)
+    privacy = Privacy(store, _intake_eraser(settings))
     if args.command == "export":
         usage = privacy.export(sender, Path(args.out), by="cli")
         print(f"exported {usage.describe()} to {args.out}", file=sys.stderr)

@@ -101,7 +101,7 @@ class Services:
     audio_channel: grpc.Channel
     vision_channel: grpc.Channel
     processor: MediaProcessor
-    # Where verified messages are kept until their media is done (the spool at SPOOL_DIR).
+    # Where verified messages are kept until their media is done (INTAKE: the spool at SPOOL_DIR, or JetStream).
     intake: Intake
     privacy: Privacy
     # The Bot API client when Telegram is on (TELEGRAM_BOT_TOKEN, or development mode), else None.
@@ -142,8 +142,7 @@ class Services:
             max_wav_bytes=limits.max_wav_bytes(settings.audio_max_duration_s),
             memory=MediaMemory(settings.media_memory_mb * MIB, settings.media_memory_wait_s),
         )
-        # An OSError here (SPOOL_DIR cannot be made) stops start-up rather than the first webhook.
-        intake = SpoolIntake.open(settings, processor)
+        intake = make_intake(settings, processor)
         privacy = Privacy(store, intake, retention_days=settings.retention_days, notice=settings.privacy_notice,
                           policy_url=settings.privacy_policy_url)
         return cls(
@@ -166,6 +165,19 @@ class Services:
         self.audio_channel.close()
         self.vision_channel.close()
         self.store.close()
+        close_intake = getattr(self.intake, "close", None)  # JetStreamIntake: its NATS connection
+        if close_intake is not None:
+            close_intake()
+
+
+def make_intake(settings: Settings, processor: MediaProcessor) -> Intake:
+    """The configured intake. The spool: an OSError here (SPOOL_DIR cannot be made) stops start-up rather
+    than the first webhook. JetStream: nothing is connected yet (after gunicorn's fork, on first use)."""
+    if settings.intake == "jetstream":
+        from gateway.intake.jetstream_intake import JetStreamIntake
+
+        return JetStreamIntake.open(settings, processor)
+    return SpoolIntake.open(settings, processor)
 
 
 def make_bot_api(settings: Settings) -> BotApi | None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from gateway.intake.jetstream import DeadLetter, DeadLetterNotFound, IntakeUnavailable, JetStreamIntake, JetStreamSettings
+from gateway.intake.jetstream import DeadLetter, DeadLetterNotFound, IntakeUnavailable, JetStreamQueue, JetStreamSettings
 
 # A reason is a code the worker chose; a long digit run in one would be a phone number that slipped in.
 _DIGIT_RUN = re.compile(r"\d{7,}")
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None, settings: JetStreamSettings | None =
     settings = settings or JetStreamSettings()
     if args.nats_url:
         settings = JetStreamSettings(**{**settings.__dict__, "url": args.nats_url})
-    intake = JetStreamIntake(settings)
+    intake = JetStreamQueue(settings)
     try:
         if args.command == "list":
             out.write(format_dead_letters(intake.dead_letters()))

@@ -37,9 +37,9 @@ the two tells the user, except when the connection breaks between the webhook ta
 its "taken" reaching the worker: then both do (the user is told twice, never not at all).
 
 Threads and processes: nats-py is asyncio and the gateway is not (gunicorn threads, a worker process),
-so each JetStreamIntake runs one event loop in a daemon thread, with one connection, and its methods
+so each JetStreamQueue runs one event loop in a daemon thread, with one connection, and its methods
 block on ``run_coroutine_threadsafe(...).result(timeout)``. Make one per process. It connects lazily,
-on first use, in the process that uses it: a JetStreamIntake made before gunicorn forks notices the new
+on first use, in the process that uses it: a JetStreamQueue made before gunicorn forks notices the new
 pid and starts its own loop and connection in the child. While NATS is unreachable every call that
 needs the server raises ``IntakeUnavailable`` at once (or within its timeout), never hangs past it.
 """
@@ -111,7 +111,7 @@ class JetStreamSettings:
     stream: str = "MEDIABOT_INTAKE"
     dead_letter_stream: str = "MEDIABOT_DEAD_LETTERS"
     subject_prefix: str = "mediabot"
-    consumer: str = "workers"
+    consumer: str = "worker"
     # 1 on one server; 3 on a k8s cluster of 3 (a message survives losing one server).
     replicas: int = 1
     # Hours, not NATS's 2-minute default: Twilio's retries and replays and a proxy's resend of a webhook
@@ -178,7 +178,7 @@ class JetStreamSettings:
 
 class IntakeUnavailable(RuntimeError):
     """NATS is unreachable or did not answer in time: the operation is not confirmed (for a publish: the
-    message is not accepted, tell the user; see ``JetStreamIntake.publish`` for the one caveat)."""
+    message is not accepted, tell the user; see ``JetStreamQueue.publish`` for the one caveat)."""
 
 
 class DeadLetterNotFound(LookupError):
@@ -194,7 +194,7 @@ def sender_key(sender_id: str, secret: str = "") -> str:
 class Delivery:
     """One delivery of a queued message to a worker. Settle it exactly once: ack, nak, term or dead_letter."""
 
-    def __init__(self, intake: JetStreamIntake, msg: Msg) -> None:
+    def __init__(self, intake: JetStreamQueue, msg: Msg) -> None:
         self._intake = intake
         self._msg = msg
         metadata = msg.metadata
@@ -258,7 +258,7 @@ class DeadLetter:
 
 
 class OutcomeWaiter:
-    """The webhook's side of the outcome hand-off; made by ``JetStreamIntake.wait_outcome``."""
+    """The webhook's side of the outcome hand-off; made by ``JetStreamQueue.wait_outcome``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -325,7 +325,7 @@ class _EventLoopThread:
             self.loop.close()
 
 
-class JetStreamIntake:
+class JetStreamQueue:
     """The work stream, its consumer and the dead letters, for one process; see the module docstring."""
 
     def __init__(self, settings: JetStreamSettings) -> None:

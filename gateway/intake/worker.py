@@ -1,5 +1,8 @@
 """`python -m gateway.intake.worker`: finishes what the webhooks spooled but could not complete in time.
 
+With INTAKE=jetstream the same command runs the JetStream worker instead (gateway.intake.jetstream_worker:
+the stream's consumer, not a spool directory); everything below about the process holds for both.
+
 A process of its own (a Procfile line, a second container beside the gateway sharing SPOOL_DIR) rather
 than a thread inside each gunicorn worker, because:
 - gunicorn owns its workers' signals, timeouts and restarts: a retry loop inside them would be killed by
@@ -130,6 +133,14 @@ def main() -> int:
     services = _connect(settings, stop)
     if services is None:
         return 0
+    if settings.intake == "jetstream":
+        # The same Services (processor, store, privacy), another loop: gateway.intake.jetstream_worker.
+        from gateway.intake.jetstream_main import run_jetstream_worker
+
+        try:
+            return run_jetstream_worker(settings, services, stop)
+        finally:
+            services.close()
     try:
         # The same intake the gateway's webhooks use (built by Services): this worker finishes its spool.
         intake = services.intake

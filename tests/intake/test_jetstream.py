@@ -15,7 +15,7 @@ import pytest
 from gateway.intake.jetstream import (
     DeadLetterNotFound,
     IntakeUnavailable,
-    JetStreamIntake,
+    JetStreamQueue,
     JetStreamSettings,
     sender_key,
 )
@@ -38,8 +38,8 @@ def settings(nats_server: NatsServer) -> JetStreamSettings:
 
 
 @pytest.fixture
-def intake(settings: JetStreamSettings) -> Iterator[JetStreamIntake]:
-    made = JetStreamIntake(settings)
+def intake(settings: JetStreamSettings) -> Iterator[JetStreamQueue]:
+    made = JetStreamQueue(settings)
     try:
         yield made
     finally:
@@ -47,16 +47,16 @@ def intake(settings: JetStreamSettings) -> Iterator[JetStreamIntake]:
 
 
 @pytest.fixture
-def second_worker(settings: JetStreamSettings) -> Iterator[JetStreamIntake]:
+def second_worker(settings: JetStreamSettings) -> Iterator[JetStreamQueue]:
     """Another process's intake: its own loop and connection."""
-    made = JetStreamIntake(settings)
+    made = JetStreamQueue(settings)
     try:
         yield made
     finally:
         made.close()
 
 
-def test_a_replayed_message_id_is_stored_once(intake: JetStreamIntake) -> None:
+def test_a_replayed_message_id_is_stored_once(intake: JetStreamQueue) -> None:
     assert [intake.publish(sid(1), b"webhook", ALICE) for _ in range(3)] == [True, False, False]
     assert intake.depth() == 1
     [delivery] = intake.fetch(batch=10, timeout_s=1)
@@ -68,7 +68,7 @@ def test_a_replayed_message_id_is_stored_once(intake: JetStreamIntake) -> None:
     assert intake.depth() == 0
 
 
-def test_the_duplicate_window_is_hours_on_the_server(intake: JetStreamIntake, nats_server: NatsServer) -> None:
+def test_the_duplicate_window_is_hours_on_the_server(intake: JetStreamQueue, nats_server: NatsServer) -> None:
     import asyncio
 
     import nats
@@ -86,7 +86,7 @@ def test_the_duplicate_window_is_hours_on_the_server(intake: JetStreamIntake, na
 
 
 def test_two_competing_workers_process_each_message_once(
-    intake: JetStreamIntake, second_worker: JetStreamIntake
+    intake: JetStreamQueue, second_worker: JetStreamQueue
 ) -> None:
     ids = [sid(n) for n in range(200)]
     for message_id in ids:
@@ -94,7 +94,7 @@ def test_two_competing_workers_process_each_message_once(
     seen: list[tuple[str, str]] = []
     lock = threading.Lock()
 
-    def work(name: str, worker: JetStreamIntake) -> None:
+    def work(name: str, worker: JetStreamQueue) -> None:
         idle = 0
         while idle < 3:
             deliveries = worker.fetch(batch=5, timeout_s=0.3)
@@ -116,7 +116,7 @@ def test_two_competing_workers_process_each_message_once(
     assert intake.depth() == 0
 
 
-def test_nak_with_a_delay_redelivers_after_the_delay(intake: JetStreamIntake, second_worker: JetStreamIntake) -> None:
+def test_nak_with_a_delay_redelivers_after_the_delay(intake: JetStreamQueue, second_worker: JetStreamQueue) -> None:
     intake.publish(sid(1), b"x", ALICE)
     [first] = intake.fetch(timeout_s=1)
     naked_at = time.monotonic()
@@ -129,7 +129,7 @@ def test_nak_with_a_delay_redelivers_after_the_delay(intake: JetStreamIntake, se
 
 
 def test_an_unacked_delivery_goes_to_another_worker_after_the_ack_wait(
-    intake: JetStreamIntake, second_worker: JetStreamIntake
+    intake: JetStreamQueue, second_worker: JetStreamQueue
 ) -> None:
     intake.publish(sid(1), b"x", ALICE)
     [taken] = intake.fetch(timeout_s=1)  # and its worker dies: no ack, no nak
@@ -141,7 +141,7 @@ def test_an_unacked_delivery_goes_to_another_worker_after_the_ack_wait(
 
 
 def test_in_progress_keeps_a_long_attempt_from_a_second_worker(
-    intake: JetStreamIntake, second_worker: JetStreamIntake
+    intake: JetStreamQueue, second_worker: JetStreamQueue
 ) -> None:
     intake.publish(sid(1), b"x", ALICE)
     [long_attempt] = intake.fetch(timeout_s=1)
@@ -154,7 +154,7 @@ def test_in_progress_keeps_a_long_attempt_from_a_second_worker(
     assert intake.depth() == 0
 
 
-def test_max_deliver_dead_letter_then_replay_delivers_it_again(intake: JetStreamIntake) -> None:
+def test_max_deliver_dead_letter_then_replay_delivers_it_again(intake: JetStreamQueue) -> None:
     intake.publish(sid(1), b"the webhook", ALICE)
     for number in (1, 2):
         [delivery] = intake.fetch(timeout_s=2)
@@ -185,11 +185,11 @@ def test_max_deliver_dead_letter_then_replay_delivers_it_again(intake: JetStream
         intake.replay_dead_letter(dead_id)
 
 
-def test_a_worker_dying_on_the_last_delivery_still_leaves_a_dead_letter(intake: JetStreamIntake) -> None:
+def test_a_worker_dying_on_the_last_delivery_still_leaves_a_dead_letter(intake: JetStreamQueue) -> None:
     """No worker is alive to copy it: the MAX_DELIVERIES advisory the server publishes is swept into a
     dead letter with the payload, which the work stream still holds (checked: it keeps it, undeliverable)."""
     settings = replace(intake.settings, max_deliver=2)
-    worker = JetStreamIntake(settings)
+    worker = JetStreamQueue(settings)
     try:
         worker.publish(sid(7), b"poison", ALICE)
         assert [d.number for d in worker.fetch(timeout_s=2)] == [1]  # never settled: the worker "dies"
@@ -208,7 +208,7 @@ def test_a_worker_dying_on_the_last_delivery_still_leaves_a_dead_letter(intake: 
         worker.close()
 
 
-def test_term_deletes_without_a_dead_letter_and_drop_deletes_a_dead_letter(intake: JetStreamIntake) -> None:
+def test_term_deletes_without_a_dead_letter_and_drop_deletes_a_dead_letter(intake: JetStreamQueue) -> None:
     intake.publish(sid(1), b"unreadable", ALICE)
     [delivery] = intake.fetch(timeout_s=2)
     delivery.term()
@@ -227,7 +227,7 @@ def test_term_deletes_without_a_dead_letter_and_drop_deletes_a_dead_letter(intak
 
 
 def test_a_server_killed_mid_run_loses_nothing_and_the_client_reconnects(
-    intake: JetStreamIntake, nats_server: NatsServer
+    intake: JetStreamQueue, nats_server: NatsServer
 ) -> None:
     ids = [sid(n) for n in range(60)]
     for message_id in ids:
@@ -269,7 +269,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_the_client_reconnects(
 
 
 def test_a_publish_racing_the_crash_fails_within_its_timeout_and_is_stored_at_most_once(
-    intake: JetStreamIntake, nats_server: NatsServer
+    intake: JetStreamQueue, nats_server: NatsServer
 ) -> None:
     """Published before the client has noticed the crash: the PUB sits in nats-py's reconnect buffer and
     may reach the restarted server. The caller got IntakeUnavailable ("not confirmed", not "not stored");
@@ -294,7 +294,7 @@ def test_publishing_while_the_server_is_down_from_the_start_fails_fast(tmp_path)
     server.start()
     url = server.url
     server.stop()
-    intake = JetStreamIntake(JetStreamSettings(url=url, connect_timeout_s=1.0, reconnect_wait_s=0.2))
+    intake = JetStreamQueue(JetStreamSettings(url=url, connect_timeout_s=1.0, reconnect_wait_s=0.2))
     try:
         started = time.monotonic()
         with pytest.raises(IntakeUnavailable):
@@ -310,14 +310,14 @@ def test_publishing_while_the_server_is_down_from_the_start_fails_fast(tmp_path)
         server.stop()
 
 
-def _offer_later(worker: JetStreamIntake, message_id: str, payload: bytes, result: list[bool]) -> None:
+def _offer_later(worker: JetStreamQueue, message_id: str, payload: bytes, result: list[bool]) -> None:
     [delivery] = worker.fetch(timeout_s=3)
     assert delivery.message_id == message_id
     result.append(worker.offer_outcome(message_id, payload, timeout_s=1.0))
     delivery.ack()
 
 
-def test_outcome_taken_by_the_waiting_webhook(intake: JetStreamIntake, second_worker: JetStreamIntake) -> None:
+def test_outcome_taken_by_the_waiting_webhook(intake: JetStreamQueue, second_worker: JetStreamQueue) -> None:
     offered: list[bool] = []
     with intake.wait_outcome(sid(1)) as waiter:
         assert intake.publish(sid(1), b"webhook", ALICE)
@@ -330,7 +330,7 @@ def test_outcome_taken_by_the_waiting_webhook(intake: JetStreamIntake, second_wo
 
 
 def test_outcome_not_taken_when_the_webhook_stopped_waiting(
-    intake: JetStreamIntake, second_worker: JetStreamIntake
+    intake: JetStreamQueue, second_worker: JetStreamQueue
 ) -> None:
     with intake.wait_outcome(sid(1)) as waiter:
         assert intake.publish(sid(1), b"webhook", ALICE)
@@ -345,7 +345,7 @@ def test_outcome_not_taken_when_the_webhook_stopped_waiting(
 
 
 def test_outcome_told_exactly_once_when_the_offer_races_the_timeout(
-    intake: JetStreamIntake, second_worker: JetStreamIntake
+    intake: JetStreamQueue, second_worker: JetStreamQueue
 ) -> None:
     """The webhook's timeout and the worker's offer land at the same moment, many times over: every time
     exactly one of them ends up holding the outcome."""
@@ -362,7 +362,7 @@ def test_outcome_told_exactly_once_when_the_offer_races_the_timeout(
         assert (outcome == b"saved") == results[0], f"round {n}: gateway {outcome!r}, worker {results[0]}"
 
 
-def test_purge_by_sender_leaves_the_others(intake: JetStreamIntake) -> None:
+def test_purge_by_sender_leaves_the_others(intake: JetStreamQueue) -> None:
     for n in range(3):
         intake.publish(sid(n), b"alice", ALICE)
     for n in range(3, 5):
@@ -382,7 +382,7 @@ def test_purge_by_sender_leaves_the_others(intake: JetStreamIntake) -> None:
     assert intake.purge_sender(ALICE) == 0
 
 
-def test_depth_and_oldest_age(intake: JetStreamIntake) -> None:
+def test_depth_and_oldest_age(intake: JetStreamQueue) -> None:
     assert (intake.depth(), intake.oldest_age_s()) == (0, 0.0)
     intake.publish(sid(1), b"x", ALICE)
     time.sleep(1.0)
@@ -400,7 +400,7 @@ def test_depth_and_oldest_age(intake: JetStreamIntake) -> None:
     assert (intake.depth(), intake.oldest_age_s()) == (0, 0.0)
 
 
-def test_no_phone_number_in_a_subject(intake: JetStreamIntake) -> None:
+def test_no_phone_number_in_a_subject(intake: JetStreamQueue) -> None:
     key = sender_key("15551230001")
     assert len(key) == 32 and "1555123" not in key
     assert sender_key("15551230001", "secret") != key
@@ -411,9 +411,9 @@ def test_no_phone_number_in_a_subject(intake: JetStreamIntake) -> None:
         intake.publish("SM.x", b"", key)
 
 
-def test_a_changed_configuration_updates_the_stream_and_consumer(intake: JetStreamIntake) -> None:
+def test_a_changed_configuration_updates_the_stream_and_consumer(intake: JetStreamQueue) -> None:
     intake.publish(sid(1), b"kept", ALICE)
-    changed = JetStreamIntake(replace(intake.settings, duplicate_window_s=3600.0, max_deliver=5))
+    changed = JetStreamQueue(replace(intake.settings, duplicate_window_s=3600.0, max_deliver=5))
     try:
         changed.ensure_topology()
         [delivery] = changed.fetch(timeout_s=2)
@@ -423,11 +423,11 @@ def test_a_changed_configuration_updates_the_stream_and_consumer(intake: JetStre
         changed.close()
 
 
-def _publish_in_child(intake: JetStreamIntake, message_id: str) -> None:
+def _publish_in_child(intake: JetStreamQueue, message_id: str) -> None:
     raise SystemExit(0 if intake.publish(message_id, b"from the child", ALICE) else 3)
 
 
-def test_a_forked_child_gets_its_own_connection(intake: JetStreamIntake) -> None:
+def test_a_forked_child_gets_its_own_connection(intake: JetStreamQueue) -> None:
     """As under gunicorn: the parent used the intake before forking; the child still works."""
     assert intake.publish(sid(1), b"from the parent", ALICE)
     child = multiprocessing.get_context("fork").Process(target=_publish_in_child, args=(intake, sid(2)))
@@ -449,7 +449,7 @@ def test_settings_refuse_what_the_server_would_or_what_breaks_a_guarantee(bad: d
 
 
 def test_dead_letters_cli_lists_replays_and_drops_without_phone_numbers(
-    intake: JetStreamIntake, nats_server: NatsServer
+    intake: JetStreamQueue, nats_server: NatsServer
 ) -> None:
     import io
 

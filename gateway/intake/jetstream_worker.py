@@ -1,0 +1,252 @@
+"""The JetStream worker loop (``INTAKE=jetstream``; started by `python -m gateway.intake.worker`).
+
+Every worker pulls from the one durable consumer, one delivery at a time, and does for it what the spool
+worker does for an entry:
+
+- process every item with the gateway's MediaProcessor (idempotent per (MessageSid, index): an item an
+  earlier delivery stored is found, not stored again), signalling ``in_progress`` every third of the ack
+  wait so a long attempt is not handed to a second worker;
+- every item final: ack (the server deletes the message);
+- some item retryable: nak with the spool's backoff (SPOOL_RETRY_BASE_S/MAX_S, jitter), so retries of many
+  messages failing in one outage spread out;
+- on the last delivery INTAKE_MAX_ATTEMPTS allows: the failing items get their final sentence ("please send
+  it again") and the message goes to the dead letters (``python -m gateway.intake.dead_letters``).
+
+After an attempt the answers are offered to the webhook waiting for them (gateway.intake.jetstream_intake);
+once the message is done and no webhook took them, ``tell`` sends them to the user (the webhook answered
+"I'll do it shortly"). A deferral (nak) is offered too, so a waiting webhook answers at once, but never told.
+
+While NATS is unreachable the loop logs it and keeps trying: the worker starts and stays up without it.
+SIGTERM (``stop``): the delivery in hand is finished and settled, no other is fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway import metrics, replies
+from gateway.budget import Budget
+from gateway.intake import ItemAnswer
+from gateway.intake.jetstream import Delivery, IntakeUnavailable, JetStreamQueue
+from gateway.intake.jetstream_intake import decode_message, encode_answers
+from gateway.intake.spool import Backoff
+from gateway.message import TELEGRAM, InboundMessage, InvalidWebhook
+from gateway.processing import ItemResult, MediaProcessor
+from gateway.sender import InvalidSender
+
+logger = logging.getLogger(__name__)
+
+# Tells the user how a message ended when no webhook was waiting for it; True if told.
+Tell = Callable[[InboundMessage, list[ItemAnswer]], bool]
+# Longest pause between tries while NATS is unreachable (the backoff's own cap may be a minute).
+_MAX_UNREACHABLE_PAUSE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What one delivery came to: how it was settled, the answers, and who told the user."""
+
+    message_sid: str
+    settled: str  # "acked", "naked", "dead_lettered", or "unsettled" (NATS failed us: it comes back)
+    answers: tuple[ItemAnswer, ...] = ()
+    told_by: str = ""  # "webhook", "tell", "nobody" (tell failed or could not), "" (not told: deferred)
+
+
+class JetStreamWorker:
+    def __init__(
+        self,
+        queue: JetStreamQueue,
+        processor: MediaProcessor,
+        *,
+        backoff: Backoff,
+        attempt_budget_s: float,
+        tell: Tell,
+        heartbeat: Callable[[], object] = lambda: None,
+        housekeeping: Callable[[], object] | None = None,
+        fetch_timeout_s: float = 1.0,
+        dead_letter_sweep_s: float = 60.0,
+        offer_timeout_s: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._processor = processor
+        self._backoff = backoff
+        self._attempt_budget_s = attempt_budget_s
+        self._tell = tell
+        # Called every turn of the loop (the worker's /healthz: alive and not stuck).
+        self._heartbeat = heartbeat
+        # The privacy sweep (expiry, old markers), at its own pace.
+        self._housekeeping = housekeeping
+        self._fetch_timeout_s = fetch_timeout_s
+        self._dead_letter_sweep_s = dead_letter_sweep_s
+        self._next_dead_letter_sweep = 0.0
+        self._offer_timeout_s = offer_timeout_s
+        # A sign of life every third of the ack wait while an attempt runs.
+        self._progress_every_s = queue.settings.ack_wait_s / 3
+
+    def run(self, stop: threading.Event) -> None:
+        """Fetch and handle deliveries until ``stop`` (checked between deliveries)."""
+        settings = self._queue.settings
+        logger.info("jetstream worker started", extra={"nats_url": settings.url, "stream": settings.stream,
+                                                       "consumer": settings.consumer,
+                                                       "max_deliver": settings.max_deliver})
+        failures = 0
+        while not stop.is_set():
+            self._heartbeat()
+            try:
+                self.run_once(stop)
+                self.sweep_dead_letters_if_due()
+            except IntakeUnavailable as error:
+                failures += 1
+                pause_s = min(_MAX_UNREACHABLE_PAUSE_S, self._backoff.delay(failures))
+                logger.warning("NATS unreachable; the worker keeps trying",
+                               extra={"error": str(error), "failures": failures, "retry_in_s": round(pause_s, 2)})
+                stop.wait(pause_s)
+                continue
+            if failures:
+                logger.info("NATS reachable again", extra={"after_failures": failures})
+                failures = 0
+            if self._housekeeping is not None:
+                self._housekeeping()
+        logger.info("jetstream worker stopped")
+
+    def run_once(self, stop: threading.Event | None = None) -> list[Handled]:
+        """One fetch (waiting up to the fetch timeout) and the handling of what came; IntakeUnavailable
+        when NATS cannot be asked."""
+        handled = []
+        for delivery in self._queue.fetch(batch=1, timeout_s=self._fetch_timeout_s):
+            if stop is not None and stop.is_set():  # not started: it goes back at once, for another worker
+                _settle(delivery, "nak", delivery.nak)
+                break
+            handled.append(self.handle(delivery))
+        return handled
+
+    def sweep_dead_letters_if_due(self, now: float | None = None) -> int:
+        """Move messages whose worker died on their last delivery into the dead letters, now and then."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_dead_letter_sweep:
+            return 0
+        self._next_dead_letter_sweep = now + self._dead_letter_sweep_s
+        return self._queue.sweep_dead_letters()
+
+    def handle(self, delivery: Delivery) -> Handled:
+        """Process one delivery, settle it and tell whoever must hear the outcome; never raises for NATS."""
+        try:
+            message, received_at = decode_message(delivery.payload)
+        except (InvalidWebhook, InvalidSender) as error:
+            # Only a message from another version (or a damaged one) gets here: kept for a person to look at.
+            logger.error("queued message does not parse; dead-lettered",
+                         extra={"message_sid": delivery.message_id, "error": str(error)})
+            settled = _settle(delivery, "dead_lettered", lambda: delivery.dead_letter("unreadable"))
+            return Handled(delivery.message_id, settled)
+        extra = {"message_sid": message.message_sid, "delivery": delivery.number}
+        budget = Budget(self._attempt_budget_s)
+        with self._progress(delivery):
+            results = {item.index: self._processor.process(message, item, budget, received_at)
+                       for item in message.media}
+        pending = {index: result.outcome for index, result in results.items() if result.retryable}
+        if pending and not delivery.is_last:
+            delay_s = self._backoff.delay(delivery.number)
+            metrics.record_attempt(message.media, results, will_retry=True)
+            settled = _settle(delivery, "naked", lambda: delivery.nak(delay_s))
+            logger.info("queued message will be retried",
+                        extra={**extra, "outcomes": pending, "retry_in_s": round(delay_s, 2)})
+            answers = _answers(message, results, deferring=True)
+            taken = self._offer(message, answers)
+            return Handled(message.message_sid, settled, tuple(answers), "webhook" if taken else "")
+        metrics.record_attempt(message.media, results, will_retry=False)
+        answers = _answers(message, results, deferring=False)
+        if pending:
+            reason = ",".join(sorted({str(outcome) for outcome in pending.values()}))
+            logger.error("gave up on a queued message", extra={**extra, "outcomes": pending})
+            settled = _settle(delivery, "dead_lettered", lambda: delivery.dead_letter(reason))
+        else:
+            settled = _settle(delivery, "acked", delivery.ack)
+        # After settling: a failed offer (NATS gone) still tells the user. A settle that failed means the
+        # message comes back and is done again; the user may then hear twice, never not at all.
+        return Handled(message.message_sid, settled, tuple(answers), self._tell_done(message, answers))
+
+    def _offer(self, message: InboundMessage, answers: list[ItemAnswer]) -> bool:
+        return self._queue.offer_outcome(message.message_sid, encode_answers(answers),
+                                         timeout_s=self._offer_timeout_s)
+
+    def _tell_done(self, message: InboundMessage, answers: list[ItemAnswer]) -> str:
+        if self._offer(message, answers):
+            return "webhook"
+        try:
+            told = self._tell(message, answers)
+        except Exception:  # noqa: BLE001 - the outcome is stored either way; only the message is lost
+            logger.exception("telling the user the outcome failed", extra={"message_sid": message.message_sid})
+            told = False
+        return "tell" if told else "nobody"
+
+    @contextmanager
+    def _progress(self, delivery: Delivery) -> Iterator[None]:
+        """``in_progress`` every third of the ack wait until the block ends."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self._progress_every_s):
+                try:
+                    delivery.in_progress()
+                except IntakeUnavailable as error:  # it may come back to another worker: idempotent
+                    logger.warning("could not signal progress", extra={"message_sid": delivery.message_id,
+                                                                      "error": str(error)})
+
+        beater = threading.Thread(target=beat, name="nats-progress", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join()
+
+
+def _answers(message: InboundMessage, results: dict[int, ItemResult], *, deferring: bool) -> list[ItemAnswer]:
+    """One answer per item: its sentence, or "received, shortly" for a retryable one that will be retried."""
+    answers = []
+    for item in message.media:
+        result = results[item.index]
+        if deferring and result.retryable:
+            answers.append(ItemAnswer(replies.received(item.content_type), result.outcome, deferred=True))
+        else:
+            answers.append(ItemAnswer(result.reply, result.outcome))
+    return answers
+
+
+def _settle(delivery: Delivery, what: str, action: Callable[[], object]) -> str:
+    try:
+        action()
+    except IntakeUnavailable as error:
+        # Not settled: after the ack wait the server delivers it again and it is done again (idempotent).
+        logger.warning("could not settle a delivery; it will come back",
+                       extra={"message_sid": delivery.message_id, "meant": what, "error": str(error)})
+        return "unsettled"
+    return what
+
+
+def telegram_teller(bot) -> Tell:  # noqa: ANN001 (gateway.telegram.botapi.BotApi | None)
+    """Tell on Telegram with sendMessage, in reply to the user's message; WhatsApp users are not told (no
+    Twilio REST client yet). Until services.deferred.tell replaces it."""
+    from gateway.telegram.botapi import BotApiError
+
+    def tell(message: InboundMessage, answers: list[ItemAnswer]) -> bool:
+        if bot is None or message.channel != TELEGRAM or message.conversation is None:
+            logger.info("outcome not told: the channel has no way to send it",
+                        extra={"message_sid": message.message_sid, "channel": message.channel})
+            return False
+        try:
+            bot.send_message(message.conversation.chat_id, replies.combine([a.sentence for a in answers]),
+                             Budget(10.0), reply_to=message.conversation.message_id)
+        except BotApiError as error:
+            logger.warning("could not tell the Telegram user the outcome",
+                           extra={"message_sid": message.message_sid, "error": bot.redact(str(error))})
+            return False
+        logger.info("told the Telegram user the outcome", extra={"message_sid": message.message_sid})
+        return True
+
+    return tell
