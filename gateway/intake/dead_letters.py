@@ -1,5 +1,8 @@
 """`python -m gateway.intake.dead_letters list|replay <id>|drop <id>`: the JetStream dead letters, for an operator.
 
+It reads the same variables as the worker (NATS_URL, NATS_STREAM, ...): run it where they are set (in a
+worker container, or with `.venv/bin/dotenv run --`).
+
 A dead letter is a message the workers gave up on (gateway.intake.jetstream): kept with its payload until
 replayed (queued again as a new message, processed from scratch) or dropped. ``list`` sweeps first, so a
 message whose worker died on its last delivery is listed too. The output names messages by MessageSid and
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None, settings: JetStreamSettings | None =
         command.add_argument("id", type=int, help="the ID column of `list`")
     args = parser.parse_args(argv)
 
-    settings = settings or JetStreamSettings()
+    settings = settings or _settings_from_env()
     if args.nats_url:
         settings = JetStreamSettings(**{**settings.__dict__, "url": args.nats_url})
     intake = JetStreamQueue(settings)
@@ -74,6 +77,14 @@ def main(argv: Sequence[str] | None = None, settings: JetStreamSettings | None =
     finally:
         intake.close()
     return 0
+
+
+def _settings_from_env() -> JetStreamSettings:
+    """The queue the gateway and the worker use: NATS_URL, NATS_STREAM... read as they read them."""
+    from gateway.config import Settings
+    from gateway.intake.jetstream_intake import jetstream_settings
+
+    return jetstream_settings(Settings.from_env())
 
 
 def _age(delta: object) -> str:

@@ -11,8 +11,9 @@ The queue's mechanics (stream, consumer, dead letters, the outcome hand-off) are
 - A replayed webhook (the server already had its id) is processed here and now: every store is
   idempotent per (MessageSid, index), so it finds what the first delivery stored, and what is still
   failing is answered "shortly", since the first delivery is still queued for the workers.
-- NATS down: the message is processed now without a retry net, as the spool does when its disk fails, so
-  the user still gets an answer (and what fails is "please send it again").
+- NATS down: queueing is tried again for half the budget (a restarting server is back within seconds);
+  then the message is processed now without a retry net, as the spool does when its disk fails, so the
+  user still gets an answer (and what fails is "please send it again").
 
 Subjects carry an HMAC of the sender id (``sender_key``), never the number; its key is NATS_SUBJECT_KEY or,
 unset, derived from TWILIO_AUTH_TOKEN, which every gateway and worker already has.
@@ -24,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 # Left of the webhook's budget for writing the reply after the wait for a worker's outcome.
 REPLY_MARGIN_S = 1.0
+# Between tries at queueing while NATS is unreachable.
+_RETRY_PAUSE_S = 0.25
 # The durable consumer every worker shares (k8s/components/keda-worker's scaler reads its lag).
 CONSUMER = "worker"
 # Labels the derivation of the subject key from TWILIO_AUTH_TOKEN, so the key is not the token itself.
@@ -131,25 +135,41 @@ class JetStreamIntake:
     def accept(self, message: InboundMessage, budget: Budget, received_at: datetime) -> list[ItemAnswer]:
         extra = {"message_sid": message.message_sid}
         payload = encode_message(message, received_at)
-        outcome: bytes | None = None
-        try:
-            # Subscribed before the publish, so a quick worker's offer cannot come before anyone listens.
-            with self.queue.wait_outcome(message.message_sid) as waiter:
-                publish_s = min(self.queue.settings.publish_timeout_s, max(0.5, budget.remaining() - REPLY_MARGIN_S))
-                new = self.queue.publish(message.message_sid, payload, self.sender_key(message.sender_id),
-                                         timeout_s=publish_s)
-                if new:
-                    outcome = waiter.wait(budget.remaining() - REPLY_MARGIN_S)
-        except IntakeUnavailable as error:
-            # NATS is down or did not confirm in time: still try now, as the spool does when its disk fails;
-            # what fails gets "please send it again". (If the publish did land after all, a worker does it
-            # again later and finds what was stored here.)
-            logger.error("could not queue the webhook; processing without a retry net",
-                         extra={**extra, "error": str(error)})
-            results = [self._processor.process(message, item, budget, received_at) for item in message.media]
-            return [ItemAnswer(r.reply, r.outcome) for r in results]
-        if not new:
-            return self._replayed(message, budget, received_at)
+        key = self.sender_key(message.sender_id)
+        # A NATS server restarting (a pod rescheduled, a kill -9) is back within seconds: keep trying to queue
+        # for half the budget, and keep the other half for processing now if it stays away.
+        stop_retrying_at = budget.remaining() / 2
+        unconfirmed = False  # a publish raised: it may still have reached the server (JetStreamQueue.publish)
+        while True:
+            publishing = False
+            try:
+                # Subscribed before the publish, so a quick worker's offer cannot come before anyone listens.
+                with self.queue.wait_outcome(message.message_sid) as waiter:
+                    publish_s = min(self.queue.settings.publish_timeout_s,
+                                    max(0.5, budget.remaining() - stop_retrying_at))
+                    publishing = True
+                    new = self.queue.publish(message.message_sid, payload, key, timeout_s=publish_s)
+                    if not new and not unconfirmed:
+                        break  # a replay: answered below, from the store
+                    # New, or "duplicate" of our own earlier publish that did land: wait for its outcome.
+                    return self._answers_from(message, waiter.wait(budget.remaining() - REPLY_MARGIN_S))
+            except IntakeUnavailable as error:
+                unconfirmed = unconfirmed or publishing
+                if budget.remaining() - _RETRY_PAUSE_S > stop_retrying_at:
+                    time.sleep(_RETRY_PAUSE_S)
+                    continue
+                # NATS is down: still try now, as the spool does when its disk fails; what fails gets "please
+                # send it again". (If a publish did land after all, a worker does it again later and finds
+                # what was stored here.)
+                logger.error("could not queue the webhook; processing without a retry net",
+                             extra={**extra, "error": str(error)})
+                results = [self._processor.process(message, item, budget, received_at) for item in message.media]
+                return [ItemAnswer(r.reply, r.outcome) for r in results]
+        return self._replayed(message, budget, received_at)
+
+    def _answers_from(self, message: InboundMessage, outcome: bytes | None) -> list[ItemAnswer]:
+        """The worker's answers the webhook took, or "shortly" for every item when none came in time."""
+        extra = {"message_sid": message.message_sid}
         if outcome is None:
             logger.info("queued; the worker will tell the outcome", extra=extra)
             return deferred_answers(message)

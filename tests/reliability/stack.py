@@ -1,7 +1,8 @@
 """The whole system as real processes on loopback, each one killable and restartable on its port.
 
-Triton and the S3 server come from the session fixtures (tests.fixtures.triton / .s3); the audio and
-vision services, the gateway (gunicorn, 2 workers) and its spool worker are started here, each in its own
+Triton and the S3 server come from the session fixtures (tests.fixtures.triton / .s3), NATS from
+tests.fixtures.nats when INTAKE=jetstream; the audio and vision services, the gateway (gunicorn, 2 workers)
+and its worker are started here, each in its own
 process group, so ``kill()`` is a real kill -9 of the process and its children (gunicorn's workers,
 ffmpeg) and nothing is left behind.
 """
@@ -158,6 +159,16 @@ def gateway_env(*, audio_addr: str, vision_addr: str, s3_env: Mapping[str, objec
     return env
 
 
+def jetstream_env(nats_url: str) -> dict[str, str]:
+    """What INTAKE=jetstream adds to ``gateway_env``: the server, and a short ack wait so a worker killed
+    mid-attempt has its delivery handed on within the test (the spool's flock does that at once)."""
+    return {"INTAKE": "jetstream", "NATS_URL": nats_url, "NATS_ACK_WAIT_S": "5"}
+
+
+# The worker's first line once its loop runs, per INTAKE (the JetStream one does not wait for NATS).
+WORKER_STARTED = {"spool": "spool worker started", "jetstream": "jetstream worker started"}
+
+
 def gateway_procs(tmp: Path, env: dict[str, str]) -> tuple[Proc, Proc]:
     port = env["GATEWAY_PORT"]
     gunicorn = Proc(
@@ -167,7 +178,7 @@ def gateway_procs(tmp: Path, env: dict[str, str]) -> tuple[Proc, Proc]:
         env, tmp / "gateway.log", http_ok(f"http://127.0.0.1:{port}/healthz"),
     )
     worker = Proc("worker", [sys.executable, "-m", "gateway.intake.worker"], env, tmp / "worker.log",
-                  lambda: _logged(tmp / "worker.log", "spool worker started"))
+                  lambda: _logged(tmp / "worker.log", WORKER_STARTED[env.get("INTAKE", "spool")]))
     return gunicorn, worker
 
 

@@ -1,12 +1,13 @@
 """Nothing lost, nothing twice: messages streamed through the simulator while the parts of the system fail.
 
 Real processes on loopback: Triton, the audio and vision services, the gateway under gunicorn (2 workers)
-and its spool worker, storing to SeaweedFS over the S3 API. Each message is delivered as Twilio does it,
+and its worker, storing to SeaweedFS over the S3 API; every test runs on both intakes, the spool and
+JetStream (a real nats-server, which the faults test also kills -9 and restarts mid-run). Each message is delivered as Twilio does it,
 and redelivered with the same MessageSid when the gateway could not be reached (Twilio's retry on a
 connection failure), so a crash of the gateway loses nothing the sender did not get an answer for.
 
 Afterwards every item that qualifies (voice notes, photos with a face) is stored exactly once, with the
-photo's bytes unchanged; nothing else is stored; the spool is empty; and no process was restarted by
+photo's bytes unchanged; nothing else is stored; the intake is empty, nothing given up; and no process was restarted by
 anyone but the test's own fault script.
 
 Size: SOAK_MESSAGES messages (default 30, `make soak` 300), one every SOAK_INTERVAL_S (0.3) at up to 8 in
@@ -32,10 +33,12 @@ import pytest
 import requests
 
 from gateway.whatsapp.simulate import MediaHost, send, serve_media
+from gateway.intake.jetstream import IntakeUnavailable, JetStreamQueue
 from gateway.intake.spool import Spool
 from gateway.storage.keys import AUDIO, IMAGES, is_media_key, parse_key
 from tests.fixtures.gateway import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 from bench.photo_set import face_photo, no_face_photo
+from tests.fixtures.nats import NatsServer
 from tests.fixtures.s3 import SeaweedS3, new_bucket_name
 from tests.reliability.stack import (
     Figures,
@@ -45,6 +48,7 @@ from tests.reliability.stack import (
     free_port,
     gateway_env,
     gateway_procs,
+    jetstream_env,
     vision_proc,
 )
 
@@ -58,7 +62,29 @@ S3_DOWN_S = float(os.environ.get("SOAK_S3_DOWN_S", "8"))
 CONCURRENCY = 8
 # How long the spool may take to drain once the last fault is over (Triton's reload included).
 DRAIN_TIMEOUT_S = 240.0
-RETRIED = "spooled message will be retried"
+# What each worker logs for an attempt that left something to retry.
+RETRIED = ("spooled message will be retried", "queued message will be retried")
+INTAKES = ("spool", "jetstream")
+
+
+class Backlog:
+    """What the intake still owes (``depth``) and what it gave up on, whichever intake it is."""
+
+    def __init__(self, spool: Spool | None = None, queue: JetStreamQueue | None = None) -> None:
+        self.spool, self.queue = spool, queue
+
+    def depth(self) -> int:
+        if self.spool is not None:
+            return self.spool.depth()
+        try:
+            return self.queue.depth()  # type: ignore[union-attr]
+        except IntakeUnavailable:
+            return -1  # NATS not back yet: not drained
+
+    def given_up(self) -> list[object]:
+        if self.spool is not None:
+            return list(self.spool.failed())
+        return list(self.queue.dead_letters())  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -100,10 +126,12 @@ class Media:
 class Gateway:
     gunicorn: Proc
     worker: Proc
-    spool: Spool
+    backlog: Backlog
     bucket: str
     url: str
     logs: list[Path] = field(default_factory=list)
+    intake: str = "spool"
+    nats: NatsServer | None = None
 
     def tail(self) -> str:
         return self.gunicorn.tail() + "\n" + self.worker.tail()
@@ -140,23 +168,39 @@ def services(tmp_path_factory: pytest.TempPathFactory, triton_server) -> Iterato
         triton_server.start()  # a fault script that failed half-way must not leave it down for others
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, services: Services, running_s3: SeaweedS3) -> Iterator[Gateway]:
+@pytest.fixture(params=INTAKES)
+def gateway(request: pytest.FixtureRequest, tmp_path: Path, services: Services, running_s3: SeaweedS3
+            ) -> Iterator[Gateway]:
+    intake: str = request.param
     port = free_port()
     bucket = new_bucket_name()
     env = gateway_env(
         audio_addr=services.audio.env["AUDIO_LISTEN"], vision_addr=services.vision.env["VISION_LISTEN"],
         s3_env=running_s3.gateway_env(bucket), spool_dir=tmp_path / "spool", port=port,
     )
+    nats, queue = None, None
+    if intake == "jetstream":
+        nats = NatsServer(root=tmp_path / "nats")
+        nats.start()
+        env.update(jetstream_env(nats.url))
+        from gateway.config import Settings
+        from gateway.intake.jetstream_intake import jetstream_settings
+
+        queue = JetStreamQueue(jetstream_settings(Settings.from_env(env)))
+    backlog = Backlog(spool=Spool(tmp_path / "spool")) if queue is None else Backlog(queue=queue)
     gunicorn, worker = gateway_procs(tmp_path, env)
     try:
         gunicorn.start()
         worker.start()
-        yield Gateway(gunicorn, worker, Spool(tmp_path / "spool"), bucket, f"http://127.0.0.1:{port}/whatsapp",
-                      [gunicorn.log, worker.log])
+        yield Gateway(gunicorn, worker, backlog, bucket, f"http://127.0.0.1:{port}/whatsapp",
+                      [gunicorn.log, worker.log], intake, nats)
     finally:
         worker.stop()
         gunicorn.stop()
+        if queue is not None:
+            queue.close()
+        if nats is not None:
+            nats.stop()
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -226,9 +270,9 @@ def stream(gateway: Gateway, messages: list[Planned], faults: Callable[[float], 
 
 def wait_until_drained(gateway: Gateway) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while gateway.spool.depth() > 0:
+    while gateway.backlog.depth() != 0:
         if time.monotonic() > deadline:
-            raise AssertionError(f"spool still holds {gateway.spool.depth()} entries\n{gateway.tail()}")
+            raise AssertionError(f"the intake still holds {gateway.backlog.depth()} messages\n{gateway.tail()}")
         assert gateway.gunicorn.alive and gateway.worker.alive, gateway.tail()
         time.sleep(0.5)
 
@@ -272,7 +316,8 @@ def report(name: str, gateway: Gateway, messages: list[Planned], figures: Figure
         "messages": len(messages),
         "items_stored": stored,
         "seconds": round(elapsed_s, 1),
-        "retries": count_logged(gateway.logs, RETRIED),
+        "intake": gateway.intake,
+        "retries": sum(count_logged(gateway.logs, message) for message in RETRIED),
         "redeliveries": figures.redeliveries,
         "server_errors": figures.server_errors,
         "webhook_p50_s": round(figures.percentile(50), 3),
@@ -315,7 +360,15 @@ def test_faults_lose_nothing_and_store_nothing_twice(
             time.sleep(2)
             services.audio.start()
 
-        threads = [threading.Thread(target=f) for f in (s3_outage, audio_crash)]
+        def nats_crash() -> None:  # JetStream only: the intake's own server, kill -9 and back on its store
+            at(0.7, window_s, started)
+            assert gateway.nats is not None
+            gateway.nats.kill()
+            time.sleep(1)
+            gateway.nats.start()
+
+        faults_now = [s3_outage, audio_crash] + ([nats_crash] if gateway.nats is not None else [])
+        threads = [threading.Thread(target=f) for f in faults_now]
         for thread in threads:
             thread.start()
         try:
@@ -327,13 +380,14 @@ def test_faults_lose_nothing_and_store_nothing_twice(
             for thread in threads:
                 thread.join()
         assert running_s3.process is not None and services.audio.alive and triton_server.running
+        assert gateway.nats is None or gateway.nats.process is not None
 
     started = time.monotonic()
     figures = stream(gateway, messages, faults)
     stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
     out = report("faults", gateway, messages, figures, time.monotonic() - started, stored)
 
-    assert gateway.spool.depth() == 0 and gateway.spool.failed() == []
+    assert gateway.backlog.depth() == 0 and gateway.backlog.given_up() == []
     assert figures.server_errors == 0
     assert out["retries"] > 0, "the faults never made anything wait: the test proved nothing"
     # Nobody restarted the gateway, its worker or the vision service: they recovered on their own.
@@ -358,7 +412,7 @@ def test_gateway_killed_mid_run_loses_nothing(
     figures = stream(gateway, messages, crash)
     stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
     report("crash", gateway, messages, figures, time.monotonic() - started, stored)
-    assert gateway.spool.depth() == 0 and gateway.spool.failed() == []
+    assert gateway.backlog.depth() == 0 and gateway.backlog.given_up() == []
     assert (gateway.gunicorn.starts, gateway.worker.starts) == (2, 2)
 
 
