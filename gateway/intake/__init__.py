@@ -6,9 +6,16 @@
     worker.py    `python -m gateway.intake.worker`: finishes what the webhooks could not
     channels.py  a spooled message read back, in today's format or the one before it
 
-``Intake`` is the seam between the webhooks and how messages are kept until they are done. The spool is
-its one implementation today; another (a JetStream stream with a pool of workers, the gateway waiting
-briefly for the outcome) plugs in here without the webhooks, the metrics or privacy changing. The app's
+    jetstream.py         JetStreamQueue: the NATS JetStream stream, consumer, dead letters and outcome hand-off
+    jetstream_intake.py  JetStreamIntake: the queue behind the ``Intake`` interface (INTAKE=jetstream)
+    jetstream_worker.py  the JetStream worker loop; jetstream_main.py wires it for `gateway.intake.worker`
+    dead_letters.py      `python -m gateway.intake.dead_letters`: list, replay, drop
+    housekeeping.py      the privacy sweep a worker runs now and then
+    nats_local.py        `make run`'s nats-server, only with INTAKE=jetstream
+
+``Intake`` is the seam between the webhooks and how messages are kept until they are done: the spool
+(one machine) or JetStream (a stream with a pool of workers, the gateway waiting briefly for the outcome),
+chosen by INTAKE, without the webhooks, the metrics or privacy changing. The app's
 Services build it once (gateway.services); the webhooks, /metrics, /readyz and the privacy commands all
 use that one.
 """
