@@ -38,7 +38,8 @@ class ItemAnswer:
     """What the user is told now about one media item, and what is known of it."""
 
     sentence: str
-    # None: another delivery of the same message is being handled right now (the sentence says "received").
+    # None: another delivery of the same message is being handled right now, or (deferred) the message is
+    # queued and no attempt has finished yet (the sentence says "received").
     outcome: Outcome | None
     # True: the intake keeps the item and will try again (the sentence says it will be done shortly).
     deferred: bool = False
@@ -46,8 +47,8 @@ class ItemAnswer:
     @property
     def log_word(self) -> str:
         """The item's word in the webhook's log line: "saved", "spooled:unavailable", "in_progress"."""
-        if self.outcome is None:
-            return "in_progress"
+        if self.outcome is None:  # JetStream: queued, no attempt finished within the webhook's wait
+            return "queued" if self.deferred else "in_progress"
         return f"spooled:{self.outcome}" if self.deferred else str(self.outcome)
 
 

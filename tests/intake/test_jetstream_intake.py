@@ -291,3 +291,24 @@ def _subjects(intake: JetStreamIntake) -> dict[str, int]:
             await nc.close()
 
     return asyncio.run(ask())
+
+
+def test_a_long_attempt_signals_progress_and_is_not_handed_to_a_second_worker(
+    jetstream_app: Callable[..., Flask], workers_for: Callable[[Flask], Workers], media_server: MediaServer,
+    voice_note: Path, media_root: Path,
+) -> None:
+    from tests.fixtures.gateway import Route
+
+    # The ack wait is 1 s; the media host takes 3 s: only the worker's in_progress keeps the delivery its own.
+    app = jetstream_app(NATS_ACK_WAIT_S="1", WEBHOOK_BUDGET_S="2")
+    route = Route(body=voice_note.read_bytes(), content_type="audio/ogg", delay_s=3.0)
+    url = media_server.add("/media/slow-voice", route)
+    workers = workers_for(app)
+    workers.start()
+    workers.start()
+    form = media_form([(url, "audio/ogg")])
+    assert reply_of(signed_post(app.test_client(), form)) == replies.RECEIVED_VOICE
+    wait_for(lambda: workers.told.of(form["MessageSid"]) != [], 30, "the outcome")
+    time.sleep(2)  # a second delivery, had there been one, would be under way by now
+    assert route.hits == 1 and len(workers.told.of(form["MessageSid"])) == 1
+    assert kinds(media_root) == ["audio"] and intake_of(app).depth() == 0
