@@ -52,7 +52,14 @@ def main(argv: Sequence[str] | None = None, settings: JetStreamSettings | None =
         command.add_argument("id", type=int, help="the ID column of `list`")
     args = parser.parse_args(argv)
 
-    settings = settings or _settings_from_env()
+    if settings is None:
+        from mediabot.config import ConfigError
+
+        try:
+            settings = _settings_from_env()
+        except ConfigError as error:
+            out.write(f"bad configuration: {error}\n")
+            return 2
     if args.nats_url:
         settings = JetStreamSettings(**{**settings.__dict__, "url": args.nats_url})
     intake = JetStreamQueue(settings)
