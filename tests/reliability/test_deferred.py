@@ -8,10 +8,12 @@ after INTAKE_MAX_ATTEMPTS attempts with a final sentence, and never tried again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 
 from gateway import replies
@@ -149,3 +151,26 @@ def test_the_give_up_time_also_ends_with_the_final_answer(
     assert worker.run_once() == 1
     assert [m.body for m in twilio_api.sent] == [replies.GAVE_UP_VOICE]
     assert [p.stem for p in Spool(media_root.parent / "spool").failed()] == [form["MessageSid"]]
+
+
+def test_development_credentials_log_the_whatsapp_answer_instead_of_sending_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`make run` has no Twilio account to send from: the answer is logged, without the number."""
+    from gateway.config import Settings
+    from gateway.deferred import make_deferred_replies
+    from gateway.intake import ItemAnswer
+    from gateway.outcome import Outcome
+    from gateway.whatsapp.form import parse_webhook
+
+    settings = Settings.from_env({})  # the development credentials, no TWILIO_API_BASE_URL
+    assert settings.dev_credentials and settings.twilio_api_base_url == ""
+    message = parse_webhook(media_form([("http://127.0.0.1:9/x", "audio/ogg")]))
+    assert message.whatsapp is not None and message.whatsapp.user == f"whatsapp:{SENDER}"
+    with caplog.at_level(logging.INFO, logger="gateway.whatsapp.notify"):
+        sent = make_deferred_replies(settings, None).tell(message, [ItemAnswer("Saved your voice message (4.2 s).",
+                                                                               Outcome.SAVED)])
+    assert sent is False
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("development mode")]
+    assert "Saved your voice message (4.2 s)." in line.getMessage()
+    assert SENDER.lstrip("+") not in line.getMessage()
