@@ -74,6 +74,11 @@ _NATS_STREAM = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
+# Twilio's REST API, where deferred WhatsApp answers are sent (gateway.whatsapp.notify). With the development
+# credentials there is no account to send from: unless TWILIO_API_BASE_URL names a local stand-in, those
+# answers are logged instead (gateway.deferred).
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -109,6 +114,9 @@ class Settings:
     # True when the token is the public DEV_AUTH_TOKEN (none configured, or that one written out): only with
     # a loopback PUBLIC_BASE_URL and TRUST_PROXY=0, and webhooks are then answered for loopback clients only.
     dev_credentials: bool
+    # Where deferred WhatsApp answers go (Twilio's Messages API); "" with the development credentials and no
+    # TWILIO_API_BASE_URL: they are logged, not sent.
+    twilio_api_base_url: str
     # Secret of a Twilio webhook SharedKey (Webhook Rules, public beta): used only for requests that carry
     # X-Twilio-Webhooks-Signature-Settings; empty means such requests are refused.
     twilio_webhook_shared_key: str = field(repr=False)
@@ -254,6 +262,7 @@ class Settings:
             twilio_account_sid=sid,
             twilio_auth_token=token,
             dev_credentials=dev_credentials,
+            twilio_api_base_url=_twilio_api_base_url(env, dev_credentials),
             twilio_webhook_shared_key=config.text(env, "TWILIO_WEBHOOK_SHARED_KEY"),
             media_host_allowlist=allowlist,
             audio_service_addr=config.grpc_target(env, "AUDIO_SERVICE_ADDR", "127.0.0.1:50051"),
@@ -334,6 +343,24 @@ def _check_development_reach(public_base_url: str, trust_proxy: bool) -> None:
             f"PUBLIC_BASE_URL={public_base_url} TRUST_PROXY={int(trust_proxy)}: set TWILIO_ACCOUNT_SID and "
             "TWILIO_AUTH_TOKEN to your Twilio account's values"
         )
+
+
+def _twilio_api_base_url(env: Mapping[str, str], dev_credentials: bool) -> str:
+    """TWILIO_API_BASE_URL: https (the auth token goes with every request) unless on this machine; with the
+    development credentials only on this machine, and unset means "log deferred answers, send nothing"."""
+    value = config.optional(env, "TWILIO_API_BASE_URL")
+    if value is None:
+        return "" if dev_credentials else DEFAULT_TWILIO_API_BASE_URL
+    base = _origin("TWILIO_API_BASE_URL", value, DEFAULT_TWILIO_API_BASE_URL)
+    parts = urlsplit(base)
+    loopback = is_loopback_host(parts.hostname or "")
+    if parts.scheme == "http" and not loopback:
+        raise config.invalid("TWILIO_API_BASE_URL", "https unless it is on this machine (the auth token goes with "
+                             "every request)", base)
+    if dev_credentials and not loopback:
+        raise config.ConfigError("the development Twilio credentials only go to a Twilio API on this machine: "
+                                 f"TWILIO_API_BASE_URL is {base!r}; set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+    return base
 
 
 def _telegram(env: Mapping[str, str], public_base_url: str, trust_proxy: bool) -> dict[str, object]:

@@ -1,9 +1,15 @@
-"""GET /healthz (the process answers) and GET /readyz (the services it needs answer too).
+"""GET /healthz (the process answers) and GET /readyz (it can accept a message and keep it).
 
-Readiness asks each gRPC service's standard health service about its own service name, with a short
-deadline, the store whether it can take writes, and the intake whether it can keep a message (the spool's
-directory writable), so a load balancer stops sending webhooks while the audio or vision service, the
-storage or the spool is down instead of every user hearing "couldn't ... right now".
+Readiness is one question: would a webhook accepted now be kept until it is done? That is the intake's
+answer alone (``services.intake.ready()``: the spool's directory writable; JetStream: the stream answers).
+Audio, vision and storage being down is not a reason to stop sending webhooks here: the message is kept and
+finished when they are back ("I'll save it shortly"), whereas a gateway out of the Service loses Twilio's
+webhooks outright (Twilio does not queue them). So a Triton rollout or a MinIO restart no longer takes
+every gateway out of rotation at once.
+
+The body still reports every backend for people (each gRPC service's standard health service about its
+own service name with a short deadline, the store whether it can take writes, the intake), and
+``"decided_by": "intake"`` says which one the status code follows.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ def readyz() -> tuple[Response, int]:
         # Whether a message accepted now would be kept until it is done (gateway.intake).
         "intake": "SERVING" if services.intake.ready() else "NOT_SERVING",
     }
-    ready = all(status == "SERVING" for status in dependencies.values())
-    body = {"status": "ready" if ready else "not ready", "dependencies": dependencies}
+    ready = dependencies["intake"] == "SERVING"  # the others are reported, not decisive (module docstring)
+    body = {"status": "ready" if ready else "not ready", "dependencies": dependencies, "decided_by": "intake"}
     return jsonify(body), 200 if ready else 503
 
 

@@ -9,18 +9,22 @@ the webhook, read back by the worker as it was.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.sender import InvalidSender, parse_sender_argument
 
-__all__ = ["Conversation", "InboundMessage", "InvalidWebhook", "MediaItem", "from_json", "to_json"]
+__all__ = ["Conversation", "InboundMessage", "InvalidWebhook", "MediaItem", "WhatsAppAddresses", "from_json",
+           "to_json", "whatsapp_address"]
 
 WHATSAPP = "whatsapp"
 TELEGRAM = "telegram"
 CHANNELS = (WHATSAPP, TELEGRAM)
 # A message carries at most 10 media items (Twilio's limit; a Telegram message carries one).
 MAX_MEDIA = 10
+# A WhatsApp address as Twilio writes From and To: "whatsapp:" and an E.164 number.
+_WHATSAPP_ADDRESS = re.compile(r"whatsapp:\+[1-9][0-9]{5,14}")
 
 
 class InvalidWebhook(ValueError):
@@ -38,12 +42,27 @@ class MediaItem:
 
 @dataclass(frozen=True)
 class Conversation:
-    """Where an answer sent after the webhook's response goes, on a channel that can send one (Telegram:
-    the chat, and the user's message to reply to). WhatsApp has none: without Twilio's REST API the
-    webhook's response is the only reply."""
+    """Where a Telegram answer sent after the webhook's response goes: the chat, and the user's message to
+    reply to (gateway.telegram.notify)."""
 
     chat_id: int
     message_id: int
+
+
+@dataclass(frozen=True)
+class WhatsAppAddresses:
+    """Where a WhatsApp answer sent after the webhook's response goes (Twilio's REST API,
+    gateway.whatsapp.notify): the user's address (the webhook's From) and the one they wrote to (its To),
+    which the answer is sent from. Both "whatsapp:+<digits>"."""
+
+    user: str
+    bot: str
+
+
+def whatsapp_address(value: str) -> str | None:
+    """``value`` if it is a WhatsApp address Twilio would write ("whatsapp:+14155238886"), else None."""
+    value = value.strip()
+    return value if _WHATSAPP_ADDRESS.fullmatch(value) else None
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,9 @@ class InboundMessage:
     media: tuple[MediaItem, ...]
     channel: str = WHATSAPP
     conversation: Conversation | None = None
+    # WhatsApp only; None when the webhook's From or To was not a WhatsApp address, or for an entry spooled
+    # before the addresses were kept (no deferred answer can be sent then).
+    whatsapp: WhatsAppAddresses | None = None
 
 
 def to_json(message: InboundMessage) -> dict[str, object]:
@@ -73,6 +95,8 @@ def to_json(message: InboundMessage) -> dict[str, object]:
     if message.conversation is not None:
         fields["conversation"] = {"chat_id": message.conversation.chat_id,
                                   "message_id": message.conversation.message_id}
+    if message.whatsapp is not None:
+        fields["whatsapp"] = {"user": message.whatsapp.user, "bot": message.whatsapp.bot}
     return fields
 
 
@@ -94,10 +118,15 @@ def from_json(fields: Mapping[str, object]) -> InboundMessage:
             None if raw_conversation is None
             else Conversation(int(raw_conversation["chat_id"]), int(raw_conversation["message_id"]))  # type: ignore[index]
         )
+        raw_whatsapp = fields.get("whatsapp")  # absent in entries spooled before it was kept
+        whatsapp = (
+            None if raw_whatsapp is None
+            else WhatsAppAddresses(str(raw_whatsapp["user"]), str(raw_whatsapp["bot"]))  # type: ignore[index]
+        )
         message = InboundMessage(
             message_sid=message_sid, sender_id=sender, profile_name=str(fields["profile_name"]),
             body=str(fields["body"]), message_type=str(fields["message_type"]), media=media, channel=channel,
-            conversation=conversation,
+            conversation=conversation, whatsapp=whatsapp,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidWebhook(f"not a spooled message ({type(error).__name__}: {error})") from None
@@ -107,6 +136,8 @@ def from_json(fields: Mapping[str, object]) -> InboundMessage:
         raise InvalidWebhook("message id is not a safe name")
     if parse_sender_argument(sender) != sender:
         raise InvalidSender("sender id is not one the channels make")
+    if whatsapp is not None and (whatsapp_address(whatsapp.user) is None or whatsapp_address(whatsapp.bot) is None):
+        raise InvalidWebhook("WhatsApp addresses are not ones the webhook keeps")
     if len(media) > MAX_MEDIA or [m.index for m in media] != list(range(len(media))):
         raise InvalidWebhook("media items are not numbered 0..n-1")
     return message

@@ -143,7 +143,9 @@ def stage_timer(stage: str) -> Iterator[None]:
 # -- the intake, read at scrape time -------------------------------------------------------------------
 
 
-class _Queue(Protocol):
+class Queue(Protocol):
+    """What the intake gauges read (gateway.intake.Intake has both)."""
+
     def depth(self) -> int: ...
 
     def oldest_age_s(self) -> float: ...
@@ -152,7 +154,7 @@ class _Queue(Protocol):
 class _IntakeCollector(Collector):
     """The spool gauges of one app's intake (gateway.intake.Intake), for one scrape."""
 
-    def __init__(self, intake: _Queue) -> None:
+    def __init__(self, intake: Queue) -> None:
         self._intake = intake
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -172,7 +174,7 @@ class _ProcessCollector(Collector):
         yield from REGISTRY.collect()
 
 
-def registry(intake: _Queue) -> CollectorRegistry:
+def registry(intake: Queue) -> CollectorRegistry:
     """What one scrape reports: every worker's values in multiprocess mode, this process's otherwise, and the
     intake's gauges. A fresh registry per scrape (the documented multiprocess pattern), so nothing about the
     app's intake is kept in a module global."""

@@ -26,6 +26,9 @@ class Outcome(StrEnum):
     TOO_LARGE = ("too_large", False, "rejected")  # the service said the input is too long or too big for it
     ERASED = ("erased", False, "rejected")  # the sender erased their data after sending it (gateway.privacy)
     REFUSED = ("refused", False, "failed")  # a service answered with a setup error (NOT_FOUND, PERMISSION_DENIED...)
+    # The intake stopped trying: INTAKE_MAX_ATTEMPTS attempts (the poison cap) or SPOOL_GIVE_UP_AFTER_S passed
+    # while the item was still failing; the user is told to send it again (gateway.intake.attempt).
+    GAVE_UP = ("gave_up", False, "failed")
     # Failures of the moment: the spool keeps the item and the worker tries again.
     UNAVAILABLE = ("unavailable", True, "failed")  # a service or the media host down, slow or answering 5xx
     BUSY = ("busy", True, "failed")  # no room in MEDIA_MEMORY_MB in time

@@ -85,6 +85,11 @@ class ItemResult:
         """True when trying again later may succeed: the spool keeps the item for the background worker."""
         return self.outcome.retryable
 
+    def given_up(self, content_type: str) -> ItemResult:
+        """This still-failing result once the intake stops trying (the poison cap, or a day of failures):
+        final, with its own sentence; the detail keeps what kept failing."""
+        return ItemResult(replies.gave_up(content_type), Outcome.GAVE_UP, detail=f"{self.outcome}: {self.detail}")
+
 
 @dataclass(frozen=True)
 class Keep:

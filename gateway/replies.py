@@ -29,6 +29,11 @@ STORE_FAILED = "I couldn't save your {what} right now. Please send it again."
 PRIVACY_UNAVAILABLE = "I can't reach what I keep right now, so I couldn't do that. Please send it again later."
 UNSUPPORTED = "I can't keep {what}, only voice messages and photos."
 
+# The intake gave up on an item that kept failing (gateway.outcome.Outcome.GAVE_UP): nothing more will happen.
+GAVE_UP_VOICE = "Sorry, I couldn't save your voice message. Please send it again."
+GAVE_UP_PHOTO = "Sorry, I couldn't check your photo. Please send it again."
+GAVE_UP_OTHER = "Sorry, I couldn't finish with your message. Please send it again."
+
 VOICE = "voice message"
 PHOTO = "photo"
 
@@ -44,6 +49,13 @@ def received(content_type: str) -> str:
     if content_type.startswith("audio/"):
         return RECEIVED_VOICE
     return RECEIVED_PHOTO if content_type.startswith("image/") else RECEIVED_OTHER
+
+
+def gave_up(content_type: str) -> str:
+    """The final sentence for an item the intake stopped retrying (the poison cap, or a day of failures)."""
+    if content_type.startswith("audio/"):
+        return GAVE_UP_VOICE
+    return GAVE_UP_PHOTO if content_type.startswith("image/") else GAVE_UP_OTHER
 
 
 def saved_audio(duration_ms: int) -> str:

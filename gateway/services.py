@@ -15,6 +15,7 @@ import grpc
 
 from gateway.audio_client import AudioClient
 from gateway.config import Settings
+from gateway.deferred import DeferredReplies, make_deferred_replies
 from gateway.download import MediaDownloader
 from gateway.intake import Intake
 from gateway.intake.spooled import SpoolIntake
@@ -104,6 +105,9 @@ class Services:
     # Where verified messages are kept until their media is done (INTAKE: the spool at SPOOL_DIR, or JetStream).
     intake: Intake
     privacy: Privacy
+    # How a worker tells a user the outcome of an item finished after the webhook answered (gateway.deferred:
+    # Twilio's REST API for WhatsApp, sendMessage for Telegram); both intakes' workers call deferred.tell().
+    deferred: DeferredReplies
     # The Bot API client when Telegram is on (TELEGRAM_BOT_TOKEN, or development mode), else None.
     telegram: BotApi | None = None
 
@@ -155,6 +159,7 @@ class Services:
             processor=processor,
             intake=intake,
             privacy=privacy,
+            deferred=make_deferred_replies(settings, telegram),
             telegram=telegram,
         )
 
@@ -195,5 +200,7 @@ def make_bot_api(settings: Settings) -> BotApi | None:
 
 
 def make_store(settings: Settings) -> Store:
-    """The configured Store, checked (bucket there, credentials tried); StoreStartupError if unusable."""
-    return open_store(settings)
+    """The configured Store. An S3 store is not checked here but on first use, and again until it passes
+    (gateway.storage.s3): storage down at boot must not stop the gateway, whose webhooks keep being accepted
+    into the intake meanwhile. StoreStartupError only for a MEDIA_ROOT that cannot be used."""
+    return open_store(settings, check_on_first_use=True)

@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.telegram",
     "tests.fixtures.triton",
+    "tests.fixtures.twilio_api",
     "tests.fixtures.vision",
 ]

@@ -4,6 +4,7 @@
     attempt.py   one attempt at a spooled message (the same for the webhook and the worker)
     spooled.py   SpoolIntake: the spool and the attempts behind the ``Intake`` interface below
     worker.py    `python -m gateway.intake.worker`: finishes what the webhooks could not
+    worker_http.py  a worker's /healthz (its loop's heartbeat) and /metrics, on WORKER_METRICS_PORT
     channels.py  a spooled message read back, in today's format or the one before it
 
     jetstream.py         JetStreamQueue: the NATS JetStream stream, consumer, dead letters and outcome hand-off

@@ -13,8 +13,9 @@ from datetime import timedelta
 from gateway.config import Settings
 from gateway.intake.housekeeping import PrivacySweep
 from gateway.intake.jetstream_intake import JetStreamIntake
-from gateway.intake.jetstream_worker import JetStreamWorker, telegram_teller
+from gateway.intake.jetstream_worker import JetStreamWorker
 from gateway.intake.spool import Backoff
+from gateway.intake.worker_http import Heartbeat, serve_worker_http, stale_after_s
 
 logger = logging.getLogger("gateway.intake.worker")
 
@@ -25,11 +26,13 @@ def run_jetstream_worker(settings: Settings, services, stop: threading.Event) ->
     if not isinstance(intake, JetStreamIntake):
         logger.error("INTAKE=jetstream but the intake built is not JetStream", extra={"intake": type(intake).__name__})
         return 2
+    heartbeat = Heartbeat(stale_after_s(settings.spool_poll_s, settings.spool_attempt_budget_s))
     worker = JetStreamWorker(
         intake.queue, services.processor,
         backoff=Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
         attempt_budget_s=settings.spool_attempt_budget_s,
-        tell=telegram_teller(services.telegram),
+        tell=services.deferred.tell,
+        heartbeat=heartbeat.beat,
         housekeeping=PrivacySweep(
             services.privacy,
             expire_media=settings.retention_days is not None and not services.store.expires_by_itself,
@@ -39,5 +42,12 @@ def run_jetstream_worker(settings: Settings, services, stop: threading.Event) ->
             sweep_every_s=settings.privacy_sweep_s,
         ),
     )
-    worker.run(stop)
+    http = serve_worker_http(settings.worker_metrics_port, heartbeat, intake) if settings.worker_metrics_port else None
+    if http is not None:
+        logger.info("worker /healthz and /metrics served", extra={"port": http.port})
+    try:
+        worker.run(stop)
+    finally:
+        if http is not None:
+            http.close()
     return 0

@@ -35,7 +35,7 @@ from gateway.intake import ItemAnswer
 from gateway.intake.jetstream import Delivery, IntakeUnavailable, JetStreamQueue
 from gateway.intake.jetstream_intake import decode_message, encode_answers
 from gateway.intake.spool import Backoff
-from gateway.message import TELEGRAM, InboundMessage, InvalidWebhook
+from gateway.message import InboundMessage, InvalidWebhook
 from gateway.processing import ItemResult, MediaProcessor
 from gateway.sender import InvalidSender
 
@@ -158,6 +158,9 @@ class JetStreamWorker:
             answers = _answers(message, results, deferring=True)
             taken = self._offer(message, answers)
             return Handled(message.message_sid, settled, tuple(answers), "webhook" if taken else "")
+        if pending:  # the last allowed delivery (INTAKE_MAX_ATTEMPTS): what still fails is given up, said so
+            content_types = {item.index: item.content_type for item in message.media}
+            results = {i: r.given_up(content_types[i]) if r.retryable else r for i, r in results.items()}
         metrics.record_attempt(message.media, results, will_retry=False)
         answers = _answers(message, results, deferring=False)
         if pending:
@@ -227,26 +230,3 @@ def _settle(delivery: Delivery, what: str, action: Callable[[], object]) -> str:
                        extra={"message_sid": delivery.message_id, "meant": what, "error": str(error)})
         return "unsettled"
     return what
-
-
-def telegram_teller(bot) -> Tell:  # noqa: ANN001 (gateway.telegram.botapi.BotApi | None)
-    """Tell on Telegram with sendMessage, in reply to the user's message; WhatsApp users are not told (no
-    Twilio REST client yet). Until services.deferred.tell replaces it."""
-    from gateway.telegram.botapi import BotApiError
-
-    def tell(message: InboundMessage, answers: list[ItemAnswer]) -> bool:
-        if bot is None or message.channel != TELEGRAM or message.conversation is None:
-            logger.info("outcome not told: the channel has no way to send it",
-                        extra={"message_sid": message.message_sid, "channel": message.channel})
-            return False
-        try:
-            bot.send_message(message.conversation.chat_id, replies.combine([a.sentence for a in answers]),
-                             Budget(10.0), reply_to=message.conversation.message_id)
-        except BotApiError as error:
-            logger.warning("could not tell the Telegram user the outcome",
-                           extra={"message_sid": message.message_sid, "error": bot.redact(str(error))})
-            return False
-        logger.info("told the Telegram user the outcome", extra={"message_sid": message.message_sid})
-        return True
-
-    return tell

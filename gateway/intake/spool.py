@@ -8,10 +8,12 @@ only copy of "this message still needs work". Layout, in SPOOL_DIR:
                          with its channel, and its arrival time; never the media: Twilio keeps that at its
                          URL, Telegram behind a file_id, never the bot token or a file URL); then one line
                          per event: an item's final outcome, or an attempt that must be retried (with the
-                         time it is due again). Entries written before the spool kept the parsed message
+                         time it is due again), or that the user was told the deferred outcome (after
+                         which nothing is told again). Entries written before the spool kept the parsed message
                          have the channel's raw fields as "form" (and "channel": "telegram" for Telegram)
                          instead; they are still read (gateway.intake.channels.message_of)
-    failed/              entries given up on after SPOOL_GIVE_UP_AFTER_S, kept for a person to look at
+    failed/              entries given up on (INTAKE_MAX_ATTEMPTS attempts, or SPOOL_GIVE_UP_AFTER_S
+                         passed), kept for a person to look at
 
 Why this shape:
 - Created whole or not at all: line 1 is written to a temp file, fsync'd, and hard-linked to its name
@@ -88,6 +90,10 @@ class Entry:
     channel: str = "whatsapp"
     # Final outcome per media index ("saved", "no_face", ...): not tried again.
     finals: dict[int, str] = field(default_factory=dict)
+    # Items a background attempt finished whose answer the user has not been sent yet: index -> (outcome,
+    # sentence). Kept in the entry so a worker that dies before telling tells on the next pass, and one that
+    # told (a "told" line) never tells again (gateway.intake.attempt).
+    to_tell: dict[int, tuple[str, str]] = field(default_factory=dict)
     attempts: int = 0
     # Epoch seconds when the next attempt is due (0: now).
     due_at: float = 0.0
@@ -102,9 +108,20 @@ class Lease:
         self._fd = fd
         self.entry = entry
 
-    def record_final(self, index: int, outcome: str) -> None:
-        self._append({"index": index, "outcome": outcome})
+    def record_final(self, index: int, outcome: str, *, tell: str | None = None) -> None:
+        """An item's final outcome; ``tell``: the sentence still to be sent to the user for it (a deferred
+        answer, gateway.deferred), kept until ``record_told``."""
+        record: dict[str, object] = {"index": index, "outcome": outcome}
+        if tell is not None:
+            record["tell"] = tell
+            self.entry.to_tell[index] = (outcome, tell)
+        self._append(record)
         self.entry.finals[index] = outcome
+
+    def record_told(self) -> None:
+        """The user was sent the answers ``to_tell`` held (or sending was tried): never send them again."""
+        self._append({"told": sorted(self.entry.to_tell)})
+        self.entry.to_tell.clear()
 
     def record_retry(self, outcomes: Mapping[int, str], delay_s: float) -> None:
         """An attempt left items that must be tried again after ``delay_s``."""
@@ -212,6 +229,23 @@ class Spool:
                 return None
             return Lease(self, path, fd, entry)
 
+    def writable(self) -> bool:
+        """Whether a message could be spooled now: a small file is really created, written and removed in
+        the directory (os.access alone says yes to root on an immutable directory, and nothing of a full disk)."""
+        probe = self.directory / f".ready.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return False
+        try:
+            os.write(fd, b"ready\n")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
     def due(self, now: float | None = None) -> list[str]:
         """MessageSids of entries due for an attempt, oldest due first (without taking their leases)."""
         now = time.time() if now is None else now
@@ -299,6 +333,11 @@ def _parse(data: bytes) -> Entry:
             continue  # a torn last line from a crash mid-append; or the empty string after the last "\n"
         if "outcome" in record:
             entry.finals[int(record["index"])] = str(record["outcome"])
+            if "tell" in record:
+                entry.to_tell[int(record["index"])] = (str(record["outcome"]), str(record["tell"]))
+        elif "told" in record:
+            for index in record["told"]:
+                entry.to_tell.pop(int(index), None)
         elif "attempt" in record:
             entry.attempts = int(record["attempt"])
             entry.due_at = float(record["due_at"])

@@ -10,7 +10,6 @@ resends a webhook it got an answer for, and Telegram stops once it has its 200: 
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime
 
 from gateway import replies
@@ -40,7 +39,8 @@ class SpoolIntake:
         """The spool at SPOOL_DIR and the attempts with its retry settings; an OSError if SPOOL_DIR cannot be
         made, so start-up stops rather than the first webhook."""
         backoff = Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s)
-        return cls(Spool(settings.spool_dir), Attempts(processor, backoff, settings.spool_give_up_after_s), processor)
+        attempts = Attempts(processor, backoff, settings.spool_give_up_after_s, max_attempts=settings.intake_max_attempts)
+        return cls(Spool(settings.spool_dir), attempts, processor)
 
     def accept(self, message: InboundMessage, budget: Budget, received_at: datetime) -> list[ItemAnswer]:
         try:
@@ -64,7 +64,7 @@ class SpoolIntake:
         ]
 
     def ready(self) -> bool:
-        return os.access(self.spool.directory, os.W_OK | os.X_OK)
+        return self.spool.writable()
 
     def depth(self) -> int:
         return self.spool.depth()

@@ -8,10 +8,14 @@ than a thread inside each gunicorn worker, because:
 - gunicorn owns its workers' signals, timeouts and restarts: a retry loop inside them would be killed by
   the worker timeout, multiplied by --workers, and stopped only as a side effect of request handling;
 - here SIGTERM has one clear meaning (finish the attempt in hand, take nothing new, exit) and start-up
-  has one clear job (resume the spool), and the process can wait for storage that is down at boot
-  instead of refusing to start as the gateway does;
+  has one clear job (resume the spool); storage, audio or vision being down at boot changes nothing (the
+  store checks its bucket on first use, gateway.storage.s3), the entries simply wait for their next try;
 - any number of them (and the gateway's own webhook attempts) can share one spool: every attempt holds
   the entry's flock lease, so none runs twice at the same time, and a dead holder's lease dies with it.
+
+When an attempt finishes an entry the webhook could not, the user is told how it ended (``services.deferred``,
+gateway.deferred). With WORKER_METRICS_PORT set, /healthz and /metrics are served (gateway.intake.worker_http)
+from the loop's heartbeat.
 """
 
 from __future__ import annotations
@@ -23,16 +27,21 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from gateway.budget import Budget
 from gateway.config import Settings
-from gateway.intake.attempt import Attempt, Attempts
-from gateway.privacy import Privacy
-from gateway.intake.spool import Backoff, Entry, Spool
+from gateway.intake.attempt import Attempts
+from gateway.intake.spool import Spool
 from gateway.intake.spooled import SpoolIntake
+from gateway.intake.worker_http import Heartbeat, serve_worker_http, stale_after_s
+from gateway.privacy import Privacy
 from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
+
+if TYPE_CHECKING:
+    from gateway.deferred import DeferredReplies
 
 logger = logging.getLogger("gateway.intake.worker")
 
@@ -46,10 +55,11 @@ class SpoolWorker:
         poll_s: float,
         attempt_budget_s: float,
         privacy: Privacy | None = None,
-        expire_media: bool = False,
+        expire_media: bool | Callable[[], bool] = False,
         erasure_memory: timedelta = timedelta(days=1),
         sweep_every_s: float = 3600.0,
-        notify: Callable[[Entry, Attempt], object] | None = None,
+        deferred: DeferredReplies | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._spool = spool
         self._attempts = attempts
@@ -57,23 +67,28 @@ class SpoolWorker:
         self._attempt_budget_s = attempt_budget_s
         self._privacy = privacy
         # RETENTION_DAYS where the store does not expire media by itself (filesystem, an S3 without a rule).
-        self._expire_media = expire_media
+        # A callable is asked at each sweep: an S3 store knows whether its lifecycle rule took only once it
+        # has reached the server (gateway.storage.s3 checks on first use).
+        self._expire_media = expire_media if callable(expire_media) else (lambda: expire_media)
         self._erasure_memory = erasure_memory
         self._sweep_every_s = sweep_every_s
         self._next_sweep = 0.0
-        # Tells the user how a deferred item ended, where the channel can (Telegram: sendMessage).
-        self._notify = notify
+        # Tells the user how a deferred item ended (gateway.deferred: Twilio's REST API, Telegram's sendMessage).
+        self._deferred = deferred
+        # Beaten on every pass and after every entry: /healthz on WORKER_METRICS_PORT (gateway.intake.worker_http).
+        self.heartbeat = heartbeat or Heartbeat(stale_after_s(poll_s, attempt_budget_s))
 
     def run(self, stop: threading.Event) -> None:
         """Attempt every due entry, then sleep a poll interval; until ``stop`` is set (checked between
         entries, so an attempt in hand is finished and everything else stays spooled). Every
         ``sweep_every_s``: expire old media when retention is the worker's job, and forget old privacy markers."""
         logger.info("spool worker started", extra={"spool_dir": str(self._spool.directory),
-                                                  "spooled": self._spool.depth(),
-                                                  "expires_media": self._expire_media})
+                                                  "spooled": self._spool.depth()})
         while not stop.is_set():
+            self.heartbeat.beat()
             self.run_once(stop)
             self.sweep_if_due()
+            self.heartbeat.beat()
             stop.wait(self._poll_s)
         logger.info("spool worker stopped", extra={"spooled": self._spool.depth()})
 
@@ -84,8 +99,9 @@ class SpoolWorker:
             return 0
         self._next_sweep = now + self._sweep_every_s
         try:
-            expired = self._privacy.expire() if self._expire_media else 0
             self._privacy.forget_old_markers(self._erasure_memory)
+            # Asked after the store was used: an S3 store has then tried its lifecycle rule.
+            expired = self._privacy.expire() if self._expire_media() else 0
         except OSError as error:  # storage down: the next sweep tries again
             logger.warning("privacy housekeeping failed; will try again", extra={"error": str(error)})
             return 0
@@ -103,10 +119,8 @@ class SpoolWorker:
             if lease.entry.due_at > time.time():  # someone attempted it between our listing and our lease
                 lease.release()
                 continue
-            entry = lease.entry
-            attempt = self._attempts.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True)
-            if self._notify is not None:
-                self._notify(entry, attempt)
+            self._attempts.attempt(lease, Budget(self._attempt_budget_s), skip_finals=True, deferred=self._deferred)
+            self.heartbeat.beat()
             attempted += 1
         return attempted
 
@@ -130,17 +144,25 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    services = _connect(settings, stop)
-    if services is None:
-        return 0
+    # Nothing here waits for storage, audio or vision: only a bad setting (or an unusable MEDIA_ROOT or
+    # SPOOL_DIR) stops the worker; an S3 store that cannot be reached yet is checked again on first use.
+    from gateway.services import Services
+    from gateway.storage.base import StoreStartupError
+
+    try:
+        services = Services.from_settings(settings)
+    except (StoreStartupError, ConfigError, OSError) as error:
+        logger.error("cannot start", extra={"error": str(error)})
+        return 2
     if settings.intake == "jetstream":
-        # The same Services (processor, store, privacy), another loop: gateway.intake.jetstream_worker.
+        # The same Services (processor, store, privacy, deferred answers), another loop.
         from gateway.intake.jetstream_main import run_jetstream_worker
 
         try:
             return run_jetstream_worker(settings, services, stop)
         finally:
             services.close()
+    http = None
     try:
         # The same intake the gateway's webhooks use (built by Services): this worker finishes its spool.
         intake = services.intake
@@ -151,44 +173,21 @@ def main() -> int:
         worker = SpoolWorker(
             intake.spool, intake.attempts, poll_s=settings.spool_poll_s,
             attempt_budget_s=settings.spool_attempt_budget_s, privacy=services.privacy,
-            expire_media=settings.retention_days is not None and not services.store.expires_by_itself,
+            expire_media=lambda: settings.retention_days is not None and not services.store.expires_by_itself,
             # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
             erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
             sweep_every_s=settings.privacy_sweep_s,
-            notify=_telegram_notifier(services),
+            deferred=services.deferred,
         )
+        if settings.worker_metrics_port:
+            http = serve_worker_http(settings.worker_metrics_port, worker.heartbeat, intake)
+            logger.info("worker /healthz and /metrics served", extra={"port": http.port})
         worker.run(stop)
     finally:
+        if http is not None:
+            http.close()
         services.close()
     return 0
-
-
-def _telegram_notifier(services):  # noqa: ANN001, ANN202 (Services, imported lazily)
-    if services.telegram is None:
-        return None
-    from gateway.telegram.notify import TelegramNotifier
-
-    return TelegramNotifier(services.telegram)
-
-
-def _connect(settings: Settings, stop: threading.Event):  # noqa: ANN202 (Services, imported lazily)
-    """The gateway's clients; while storage refuses to open (down at boot), wait and try again rather
-    than exit: under honcho one exiting process stops them all, and the spool is safe on disk meanwhile."""
-    from gateway.services import Services
-    from gateway.storage.base import StoreStartupError
-
-    backoff = Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s)
-    attempt = 0
-    while not stop.is_set():
-        try:
-            return Services.from_settings(settings)
-        except StoreStartupError as error:
-            attempt += 1
-            delay_s = backoff.delay(attempt)
-            logger.warning("storage not usable yet; retrying",
-                           extra={"error": str(error), "retry_in_s": round(delay_s, 2)})
-            stop.wait(delay_s)
-    return None
 
 
 if __name__ == "__main__":

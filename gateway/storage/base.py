@@ -27,7 +27,15 @@ class StoreUnavailable(OSError):
 
 
 class StoreStartupError(RuntimeError):
-    """The configured storage cannot be used at all (unreachable, refused credentials, no bucket): stop the process."""
+    """The configured storage cannot be used (unreachable, refused credentials, no bucket). The browsing command
+    stops on it; the gateway and the worker keep running and check again on first use (gateway.storage.s3).
+
+    ``status`` is the word /readyz reports for it: UNAVAILABLE, ACCESS_DENIED, NO_BUCKET, NO_CONDITIONAL_WRITES,
+    MISSING (MEDIA_ROOT) or ERROR."""
+
+    def __init__(self, message: str, status: str = "ERROR") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 

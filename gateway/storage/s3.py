@@ -30,23 +30,34 @@ Nothing is half-written: an S3 object appears only complete (single PUT, or a mu
 completed; the SDK aborts the upload when a part fails), the media object is written last, and readers
 count only media objects, so a claim or overflow object without its media is invisible.
 
+Start-up checks on first use. ``connect(check_on_first_use=True)`` (the gateway and the worker) tries the
+checks (bucket there and listable, conditional writes honoured, the RETENTION_DAYS lifecycle rule) at once,
+but a failure does not stop the process: every use of the store tries them again (at most every few seconds,
+backing off to ``_RECHECK_MAX_S``) and, until they pass, raises StoreUnavailable, which the webhook answers
+like any storage outage (the item stays in the intake, "I'll save it shortly"). An unreachable server is a
+WARNING line each try; a server that answers but refuses the credentials, has no bucket, or ignores
+conditional writes is an ERROR line each try, and /readyz's "storage" says which (``check``).
+
 Timeouts and retries are the SDK's: its urllib3 PoolManager, built here with our timeouts and a
 ``urllib3.Retry`` (connection errors, read errors on idempotent requests, 500/502/503/504 with backoff).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar, cast
 
 import urllib3
 from minio import Minio
@@ -78,6 +89,11 @@ _RETRY_STATUSES = (500, 502, 503, 504)
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
+# Between tries of the start-up checks while they fail (first use, then on every use): doubling up to this.
+_RECHECK_FIRST_S = 0.5
+_RECHECK_MAX_S = 10.0
+
+
 def http_pool(connect_timeout_s: float, read_timeout_s: float, retries: int) -> urllib3.PoolManager:
     """The SDK's HTTP client, as minio's own default but with our timeouts and retries.
 
@@ -104,6 +120,33 @@ class _Claim:
     age_s: float  # by the server's clock: its Date minus the claim's Last-Modified
 
 
+@dataclass
+class _PendingChecks:
+    """The start-up checks of a store opened with ``check_on_first_use``, until they pass."""
+
+    for_writing: bool
+    retention_days: int | None
+    problem: str = "not checked yet"
+    status: str = "UNAVAILABLE"
+    failures: int = 0
+    next_try: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _after_start_up_checks(method: _Method) -> _Method:
+    """Every Store method: the start-up checks pass first (StoreUnavailable while they do not)."""
+
+    @functools.wraps(method)
+    def checked(self: MinioStore, *args: Any, **kwargs: Any) -> Any:
+        self.ensure_checked()
+        return method(self, *args, **kwargs)
+
+    return cast(_Method, checked)
+
+
 class MinioStore:
     def __init__(
         self,
@@ -123,10 +166,15 @@ class MinioStore:
         self._description = description or f"bucket {bucket!r}"
         # True once a bucket lifecycle rule expires old media (RETENTION_DAYS): the worker need not sweep.
         self.expires_by_itself = False
+        # Set by connect(check_on_first_use=True) until the start-up checks pass; None: checked (or not asked).
+        self._pending: _PendingChecks | None = None
 
     @classmethod
-    def connect(cls, settings: Settings, *, for_writing: bool = True, claim_wait_s: float = CLAIM_WAIT_S) -> MinioStore:
-        """A store on the configured server, checked before the first webhook; StoreStartupError if unusable."""
+    def connect(cls, settings: Settings, *, for_writing: bool = True, claim_wait_s: float = CLAIM_WAIT_S,
+                check_on_first_use: bool = False) -> MinioStore:
+        """A store on the configured server, checked now: StoreStartupError if unusable. With
+        ``check_on_first_use`` (the gateway, the worker) a failed check does not raise: it is logged and
+        tried again on use (see the module docstring)."""
         pool = http_pool(settings.minio_connect_timeout_s, settings.minio_read_timeout_s, settings.minio_retries)
         # Readiness probes must answer within their own deadline, not after the pool's retries.
         health_pool = http_pool(settings.health_check_timeout_s, settings.health_check_timeout_s, 0)
@@ -149,14 +197,58 @@ class MinioStore:
             claim_wait_s=claim_wait_s,
             description=f"bucket {settings.minio_bucket!r} at {scheme}://{settings.minio_endpoint}",
         )
+        retention_days = settings.retention_days if for_writing else None
+        if check_on_first_use:
+            store._pending = _PendingChecks(for_writing=for_writing, retention_days=retention_days)
+            try:
+                store.ensure_checked()
+            except StoreUnavailable:
+                pass  # logged; the next use tries again
+            return store
         try:
             store.prepare(for_writing=for_writing)
         except BaseException:
             store.close()
             raise
-        if for_writing and settings.retention_days is not None:
-            store.expires_by_itself = store.set_retention(settings.retention_days)
+        if retention_days is not None:
+            store.expires_by_itself = store.set_retention(retention_days)
         return store
+
+    def ensure_checked(self) -> None:
+        """Run the start-up checks if they have not passed yet (not more often than the back-off allows);
+        StoreUnavailable, saying why, while they fail. Free once they have passed."""
+        pending = self._pending
+        if pending is None:
+            return
+        if not pending.lock.acquire(blocking=False):  # another thread is checking right now
+            raise StoreUnavailable(pending.problem)
+        try:
+            if self._pending is None:
+                return
+            now = time.monotonic()
+            if now < pending.next_try:
+                raise StoreUnavailable(pending.problem)
+            try:
+                self.prepare(for_writing=pending.for_writing)
+            except StoreStartupError as error:
+                pending.failures += 1
+                pending.problem, pending.status = str(error), error.status
+                retry_s = min(_RECHECK_MAX_S, _RECHECK_FIRST_S * 2 ** (pending.failures - 1))
+                pending.next_try = now + retry_s
+                fields = {"error": str(error), "storage": error.status, "retry_in_s": retry_s}
+                if error.status == "UNAVAILABLE":
+                    logger.warning("storage unreachable: media waits in the intake until it answers", extra=fields)
+                else:
+                    logger.error("storage refuses the gateway: media waits in the intake until this is fixed",
+                                 extra=fields)
+                raise StoreUnavailable(str(error)) from None
+            if pending.retention_days is not None:
+                self.expires_by_itself = self.set_retention(pending.retention_days)
+            self._pending = None
+            if pending.failures:
+                logger.info("storage usable again", extra={"after_failed_checks": pending.failures})
+        finally:
+            pending.lock.release()
 
     @property
     def bucket(self) -> str:
@@ -178,7 +270,8 @@ class MinioStore:
             if not self._client.bucket_exists(self._bucket):
                 raise StoreStartupError(
                     f"{self._description} does not exist (MINIO_BUCKET): the gateway does not create it; "
-                    "create it first (compose's minio-init service and the k8s Job minio-init do)"
+                    "create it first (compose's minio-init service and the k8s Job minio-init do)",
+                    status="NO_BUCKET",
                 )
             # bucket_exists proves HEAD; listing is what find() and list() need.
             next(iter(self._client.list_objects(self._bucket, prefix="whatsapp/")), None)
@@ -187,14 +280,17 @@ class MinioStore:
         except StoreStartupError:
             raise
         except S3Error as error:
-            raise StoreStartupError(self._explain(error)) from None
+            raise StoreStartupError(self._explain(error),
+                                    status="ACCESS_DENIED" if error.code in _AUTH_CODES else "ERROR") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
             raise StoreStartupError(
-                f"cannot reach the S3 server for {self._description} (MINIO_ENDPOINT, MINIO_SECURE): {_reason(error)}"
+                f"cannot reach the S3 server for {self._description} (MINIO_ENDPOINT, MINIO_SECURE): {_reason(error)}",
+                status="UNAVAILABLE",
             ) from None
 
     # -- the Store interface ---------------------------------------------------------------------------
 
+    @_after_start_up_checks
     def put(
         self,
         ref: MediaRef,
@@ -225,11 +321,13 @@ class MinioStore:
                     return self._take_over(ref, claim, data, content_type, metadata), True
                 time.sleep(_CLAIM_POLL_S)
 
+    @_after_start_up_checks
     def find(self, ref: MediaRef) -> StoredObject | None:
         with self._errors("look up"):
             claim = self._read_claim(ref)
             return None if claim is None else self._load(claim.key)
 
+    @_after_start_up_checks
     def get(self, key: str) -> bytes:
         if not is_media_key(key):
             raise InvalidKey("not a media key")
@@ -246,6 +344,7 @@ class MinioStore:
                 response.close()
                 response.release_conn()
 
+    @_after_start_up_checks
     def list(self, sender_id: str, kind: str | None = None) -> list[StoredObject]:
         if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
@@ -263,6 +362,7 @@ class MinioStore:
                             found.append(stored)
         return newest_first(found)
 
+    @_after_start_up_checks
     def senders(self) -> list[str]:
         found = []
         with self._errors("list"):
@@ -274,6 +374,7 @@ class MinioStore:
                             found.append(sender)
         return sorted(found)
 
+    @_after_start_up_checks
     def holds_any(self, sender_id: str) -> bool:
         if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
@@ -283,6 +384,7 @@ class MinioStore:
                 for item in self._client.list_objects(self._bucket, prefix=f"{sender_prefix(sender_id)}/", recursive=True)
             )
 
+    @_after_start_up_checks
     def delete(self, key: str) -> bool:
         ref, _ = parse_key(key)
         with self._errors("delete"):
@@ -294,6 +396,7 @@ class MinioStore:
             self._remove(names)
         return existed
 
+    @_after_start_up_checks
     def erase(self, sender_id: str) -> int:
         if not is_sender_id(sender_id):
             raise InvalidKey("sender id is not a safe path segment")
@@ -314,6 +417,7 @@ class MinioStore:
             self._remove(names)
         return sum(1 for name in names if is_media_key(name))
 
+    @_after_start_up_checks
     def expire(self, before: datetime) -> int:
         gone = 0
         with self._errors("list"):
@@ -328,6 +432,7 @@ class MinioStore:
                 gone += 1
         return gone
 
+    @_after_start_up_checks
     def set_marker(self, name: str, sender_id: str, at: datetime) -> None:
         body = marker_text(at).encode("ascii")
         with self._errors("store"):
@@ -335,6 +440,7 @@ class MinioStore:
                 self._bucket, marker_object(name, sender_id), io.BytesIO(body), len(body), content_type="text/plain"
             )
 
+    @_after_start_up_checks
     def marker(self, name: str, sender_id: str) -> datetime | None:
         with self._errors("look up"):
             try:
@@ -349,10 +455,12 @@ class MinioStore:
                 response.close()
                 response.release_conn()
 
+    @_after_start_up_checks
     def clear_marker(self, name: str, sender_id: str) -> None:
         with self._errors("delete"):
             self._client.remove_object(self._bucket, marker_object(name, sender_id))
 
+    @_after_start_up_checks
     def markers(self, name: str) -> dict[str, datetime]:
         prefix = marker_object(name, "0").rsplit("/", 2)[0] + "/"
         senders = []
@@ -392,11 +500,21 @@ class MinioStore:
 
     def check(self) -> str:
         try:
-            return "SERVING" if self._health.bucket_exists(self._bucket) else "NO_BUCKET"
+            live = "SERVING" if self._health.bucket_exists(self._bucket) else "NO_BUCKET"
         except S3Error as error:
-            return "ACCESS_DENIED" if error.code in _AUTH_CODES else "ERROR"
+            live = "ACCESS_DENIED" if error.code in _AUTH_CODES else "ERROR"
         except (MinioException, urllib3.exceptions.HTTPError, OSError):
-            return "UNAVAILABLE"
+            live = "UNAVAILABLE"
+        pending = self._pending
+        if live != "SERVING" or pending is None:
+            return live
+        # The bucket answers but the start-up checks have not passed yet: try them (within their back-off),
+        # so the store is ready before the next webhook needs it.
+        try:
+            self.ensure_checked()
+        except StoreUnavailable:
+            return pending.status
+        return "SERVING"
 
     def close(self) -> None:
         for pool in self._pools:
@@ -542,7 +660,8 @@ class MinioStore:
         else:
             raise StoreStartupError(
                 f"the S3 server for {self._description} ignores conditional writes (If-None-Match: *), which the "
-                "store needs to keep one object per media item; upgrade it"
+                "store needs to keep one object per media item; upgrade it",
+                status="NO_CONDITIONAL_WRITES",
             )
         finally:
             try:

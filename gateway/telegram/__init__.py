@@ -3,7 +3,7 @@
     webhook.py   POST /telegram: the secret-token check, the update read, the reply as a sendMessage
     updates.py   an Update (pyTelegramBotAPI's types) into the flat form that is spooled, and back
     botapi.py    getFile, the file download and sendMessage, keeping the bot token out of logs and errors
-    notify.py    the worker's sendMessage when an item the webhook could not finish is done
+    notify.py    deferred outcomes (gateway.deferred): a sendMessage when an item the webhook could not finish is done
     simulate.py  a local Bot API server and real-shaped updates, for `python -m gateway.telegram.simulate`
     __main__.py  `python -m gateway.telegram set-webhook | delete-webhook | info`
 

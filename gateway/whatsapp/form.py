@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.message import MAX_MEDIA, InboundMessage, InvalidWebhook, MediaItem
+from gateway.message import MAX_MEDIA, InboundMessage, InvalidWebhook, MediaItem, WhatsAppAddresses, whatsapp_address
 from gateway.sender import sender_id
 
 # Twilio's Message resource: "^(SM|MM)[0-9a-fA-F]{32}$" (SM for text, MM for media).
@@ -45,7 +45,15 @@ def parse_webhook(form: Mapping[str, str]) -> InboundMessage:
         body=form.get("Body") or "",
         message_type=(form.get("MessageType") or "").strip().lower(),
         media=media,
+        whatsapp=_addresses(form),
     )
+
+
+def _addresses(form: Mapping[str, str]) -> WhatsAppAddresses | None:
+    """From and To, for an answer sent later through Twilio's REST API (swapped: from the bot to the user);
+    None when either is not a WhatsApp address (the message is still handled, only no later answer goes)."""
+    user, bot = whatsapp_address(form.get("From") or ""), whatsapp_address(form.get("To") or "")
+    return WhatsAppAddresses(user=user, bot=bot) if user and bot else None
 
 
 def _content_type(value: str) -> str:

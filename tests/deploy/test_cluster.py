@@ -29,6 +29,8 @@ from tests.deploy.k8s_objects import (
 Docs = dict[str, list[dict[str, Any]]]
 
 NATS_CONF = tools.K8S / "base" / "nats" / "nats.conf"
+# Compose's single server (one copy of each message): it must fsync before acknowledging.
+SINGLE_NATS_CONF = tools.K8S / "base" / "nats" / "single.conf"
 # Everything that runs more than one interchangeable pod, and so must survive a drain one pod at a time.
 DISRUPTION_BUDGETS = ("gateway", "worker", "audio", "vision", "nats")
 
@@ -58,6 +60,20 @@ def test_nats_configuration_passes_the_real_servers_check(tmp_path: Path) -> Non
     broken = tmp_path / "nats.conf"
     broken.write_text(NATS_CONF.read_text(encoding="utf-8").replace("jetstream {", "jetstream {{"), encoding="utf-8")
     assert tools.run([tools.nats_server(), "-c", broken, "-t"], env={"POD_NAME": "nats-0"}).returncode != 0
+
+
+def test_compose_runs_its_single_nats_server_with_every_write_synced(compose: dict[str, Any]) -> None:
+    """One server keeps one copy: an acknowledged message must be on disk, not in the page cache for up to
+    the 2 minutes NATS syncs by default (a power loss would lose what the gateway already answered for)."""
+    result = tools.run([tools.nats_server(), "-c", SINGLE_NATS_CONF, "-t"])
+    assert result.returncode == 0, result.stderr
+    assert _conf(SINGLE_NATS_CONF.read_text(encoding="utf-8"), "sync_interval") == "always"
+    nats = compose["services"]["nats"]
+    command = nats["command"]
+    config_path = command[command.index("--config") + 1]
+    mounts = {volume["target"]: volume for volume in nats["volumes"]}
+    assert Path(mounts[config_path]["source"]).resolve() == SINGLE_NATS_CONF.resolve()
+    assert mounts[config_path].get("read_only") is True
 
 
 @pytest.mark.parametrize("target", TARGETS)

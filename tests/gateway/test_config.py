@@ -225,3 +225,22 @@ def test_service_addresses_take_grpc_targets(target: str) -> None:
 def test_create_app_stops_with_the_message_on_bad_configuration(tmp_path: Path) -> None:
     with pytest.raises(GatewayStartupError, match="STORAGE"):
         create_app({"STORAGE": "s3", "MEDIA_ROOT": tmp_path})
+
+
+def test_twilio_api_base_url_for_deferred_whatsapp_answers() -> None:
+    real = {"TWILIO_ACCOUNT_SID": "AC" + "ab" * 16, "TWILIO_AUTH_TOKEN": "real-token",
+            "PUBLIC_BASE_URL": "https://bot.example.com"}
+    assert Settings.from_env(real).twilio_api_base_url == "https://api.twilio.com"
+    assert Settings.from_env({**real, "TWILIO_API_BASE_URL": "http://127.0.0.1:9999/"}).twilio_api_base_url == (
+        "http://127.0.0.1:9999"
+    )
+    with pytest.raises(ConfigError, match=r"TWILIO_API_BASE_URL must be https unless it is on this machine"):
+        Settings.from_env({**real, "TWILIO_API_BASE_URL": "http://twilio.internal.example"})
+    # The development credentials: nothing to send from, so deferred answers are logged ("" = log only), or go
+    # to a stand-in on this machine, never to Twilio.
+    assert Settings.from_env({}).twilio_api_base_url == ""
+    assert Settings.from_env({"TWILIO_API_BASE_URL": "http://127.0.0.1:8089"}).twilio_api_base_url == (
+        "http://127.0.0.1:8089"
+    )
+    with pytest.raises(ConfigError, match="development Twilio credentials only go to a Twilio API on this machine"):
+        Settings.from_env({"TWILIO_API_BASE_URL": "https://api.twilio.com"})

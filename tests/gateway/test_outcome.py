@@ -11,7 +11,7 @@ from gateway.processing import _TRANSIENT_CODES, rpc_outcome
 def test_the_words_are_the_ones_the_logs_and_the_spool_have_always_used() -> None:
     assert [o.value for o in Outcome] == [
         "saved", "already_saved", "no_face", "unsupported", "download_failed", "rejected", "too_large", "erased",
-        "refused", "unavailable", "busy", "store_failed", "out_of_time", "error",
+        "refused", "gave_up", "unavailable", "busy", "store_failed", "out_of_time", "error",
     ]
     assert Outcome("no_face") is Outcome.NO_FACE and Outcome.SAVED == "saved"  # read back from a spool entry
     assert f"spooled:{Outcome.UNAVAILABLE}" == "spooled:unavailable"
@@ -21,6 +21,8 @@ def test_only_failures_of_the_moment_are_retried() -> None:
     retried = {o for o in Outcome if o.retryable}
     assert retried == {Outcome.UNAVAILABLE, Outcome.BUSY, Outcome.STORE_FAILED, Outcome.OUT_OF_TIME, Outcome.ERROR}
     assert all(o.final != o.retryable for o in Outcome)
+    # Giving up is final, and counted as a failure: nothing more will be tried.
+    assert Outcome.GAVE_UP.final and Outcome.GAVE_UP.counted_as(will_retry=True) == "failed"
 
 
 def test_a_status_code_is_retried_exactly_when_it_is_transient() -> None:

@@ -19,7 +19,6 @@ from flask import Flask
 from gateway import replies
 from gateway.intake.attempt import Attempts
 from gateway.intake.spool import Backoff, Spool
-from gateway.telegram.notify import TelegramNotifier
 from gateway.telegram.simulate import LocalBotApi, message_update
 from gateway.telegram.updates import message_id
 from gateway.telegram.webhook import HELP
@@ -178,7 +177,7 @@ def test_bot_api_down_is_answered_and_the_worker_finishes_and_tells_the_user(
     for path in spool.directory.glob("*.spool"):
         assert TG_TOKEN not in path.read_text()  # the spool holds the file_id, never the token
     worker = SpoolWorker(spool, Attempts(services.processor, Backoff(0.01, 0.02), 3600), poll_s=0.01,
-                         attempt_budget_s=20, notify=TelegramNotifier(services.telegram))
+                         attempt_budget_s=20, deferred=services.deferred)
     spool_entry = spool.lease(spooled(media_root)[0])
     assert spool_entry is not None
     spool_entry.record_retry({0: "download_failed"}, 0)  # due now

@@ -218,7 +218,8 @@ def test_a_poison_item_gets_a_final_reply_after_the_cap_and_is_a_dead_letter_tha
     wait_for(lambda: workers.told.of(form["MessageSid"]) != [], 30, "the give-up answer")
     [answers] = workers.told.of(form["MessageSid"])
     assert [(a.sentence, a.deferred) for a in answers] == [
-        (replies.AUDIO_UNAVAILABLE, False), (replies.saved_photo(1), False)]
+        (replies.GAVE_UP_VOICE, False), (replies.saved_photo(1), False)]
+    assert [a.outcome for a in answers] == [Outcome.GAVE_UP, Outcome.ALREADY_SAVED]
     queue = intake_of(app).queue
     [letter] = queue.dead_letters()
     assert (letter.message_id, letter.deliveries, letter.reason) == (form["MessageSid"], 3, "unavailable")

@@ -24,8 +24,10 @@ from tests.fixtures.gateway import MediaServer, media_files, media_form, reply_o
 REPO = Path(__file__).resolve().parents[2]
 
 
-def worker_for(app: Flask, *, give_up_after_s: float = 3600.0, audio_addr: str | None = None) -> SpoolWorker:
-    """A worker on the app's spool, its processor dialing ``audio_addr`` (the service as it is now)."""
+def worker_for(app: Flask, *, give_up_after_s: float = 3600.0, audio_addr: str | None = None,
+               max_attempts: int = 20, tell: bool = False) -> SpoolWorker:
+    """A worker on the app's spool, its processor dialing ``audio_addr`` (the service as it is now); ``tell``:
+    it sends deferred answers through the app's ``services.deferred``, as `python -m gateway.intake.worker` does."""
     import grpc
 
     from gateway.audio_client import AudioClient
@@ -39,8 +41,9 @@ def worker_for(app: Flask, *, give_up_after_s: float = 3600.0, audio_addr: str |
             vision=processor._vision, audio_timeout_s=10, vision_timeout_s=10,  # noqa: SLF001
             max_media_bytes=services.settings.max_media_bytes,
         )
-    attempts = Attempts(processor, Backoff(0.01, 0.02), give_up_after_s)
-    return SpoolWorker(Spool(services.settings.spool_dir), attempts, poll_s=0.05, attempt_budget_s=20)
+    attempts = Attempts(processor, Backoff(0.01, 0.02), give_up_after_s, max_attempts=max_attempts)
+    return SpoolWorker(Spool(services.settings.spool_dir), attempts, poll_s=0.05, attempt_budget_s=20,
+                       deferred=services.deferred if tell else None)
 
 
 def test_what_failed_in_the_webhook_is_finished_by_the_worker(

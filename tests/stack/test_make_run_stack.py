@@ -49,7 +49,10 @@ def _wait_ready(url: str, honcho: subprocess.Popen[bytes], log: Path, timeout_s:
         if honcho.poll() is not None:
             raise AssertionError(f"the stack exited early:\n{log.read_text()[-4000:]}")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            # /readyz is 200 as soon as the gateway can keep a message; the stack is up when every backend
+            # its body lists is serving too.
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200 and set(response.json()["dependencies"].values()) == {"SERVING"}:
                 return
         except requests.RequestException:
             pass

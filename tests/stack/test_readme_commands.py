@@ -146,7 +146,9 @@ class Run:
             if self.make.poll() is not None:
                 raise AssertionError(f"`make run` exited with {self.make.returncode}:\n{self.tail()}")
             try:
-                if requests.get(READY_URL, timeout=2).status_code == 200:
+                # 200 once the gateway can keep a message; `make run` is up once every backend serves too.
+                response = requests.get(READY_URL, timeout=2)
+                if response.status_code == 200 and set(response.json()["dependencies"].values()) == {"SERVING"}:
                     self.seen |= _descendants(self.make.pid)
                     return
             except requests.RequestException:
