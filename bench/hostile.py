@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from bench.hostile_media import CORPUS, big_message_items
 from face_model.triton_local import start_triton, stop_triton, wait_ready
 from gateway import replies
 from gateway.whatsapp.simulate import send, serve_media
+from bench.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,12 +55,6 @@ VOICE_NOTES = 6
 VOICE_NOTE_S = 14 * 60
 MB = 1024 * 1024
 _SAVED_VOICE = re.compile(r"Saved your voice message \(\d+ min \d\d s\)\.")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- processes and their memory ---------------------------------------------------------------------------

@@ -7,7 +7,6 @@ or vision service, and returns the per-webhook times the simulator measured (the
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from pathlib import Path
 import requests
 
 from gateway.whatsapp.simulate import send
+from bench.support import free_port
 
 WEBHOOK_P50_TARGET_MS = 250
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def time_webhooks(audio_port: int, voice: Path, runs: int, work: Path) -> list[float]:
@@ -39,7 +33,7 @@ def time_photo_webhooks(vision_address: str, photos: list[Path], runs: int, work
 
 
 def _time(service_env: dict[str, str], media: list[Path], runs: int, work: Path, expect: str) -> list[float]:
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL"))},
         "GATEWAY_PORT": str(port),

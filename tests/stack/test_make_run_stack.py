@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,10 @@ import requests
 from gateway.whatsapp.simulate import send
 from tests.fixtures.audio import make_sample
 from bench.photo_set import face_photo, no_face_photo
+from bench.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "15551234567"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -63,13 +57,13 @@ def _wait_ready(url: str, honcho: subprocess.Popen[bytes], log: Path, timeout_s:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("stack")
-    triton_http, triton_grpc, triton_metrics = _free_port(), _free_port(), _free_port()
-    audio, vision, gateway = _free_port(), _free_port(), _free_port()
+    triton_http, triton_grpc, triton_metrics = free_port(), free_port(), free_port()
+    audio, vision, gateway = free_port(), free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE_URL", "TELEGRAM_"))},
         # The one Telegram variable set: the development Bot API's port (8081 by default) moved to a free one,
         # like every other port here; token and secret are the development ones, as with no configuration.
-        "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{_free_port()}",
+        "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{free_port()}",
         "TRITON_HTTP_PORT": str(triton_http),
         "TRITON_GRPC_PORT": str(triton_grpc),
         "TRITON_METRICS_PORT": str(triton_metrics),

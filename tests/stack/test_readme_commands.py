@@ -32,6 +32,7 @@ import requests
 
 from tests.fixtures.audio import make_sample
 from bench.photo_set import face_photo, no_face_photo
+from bench.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -114,12 +115,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -193,7 +188,7 @@ def make_run(tmp_path: Path) -> Iterator[Callable[[str | None], Run]]:
         env = {k: v for k, v in os.environ.items() if k not in _project_variables()}
         env.pop("PYTHONPATH", None)
         env.pop("MAKEFLAGS", None)
-        audio, vision = _free_port(), _free_port()
+        audio, vision = free_port(), free_port()
         env |= {"AUDIO_LISTEN": f"127.0.0.1:{audio}", "AUDIO_SERVICE_ADDR": f"127.0.0.1:{audio}",
                 "VISION_LISTEN": f"127.0.0.1:{vision}", "VISION_SERVICE_ADDR": f"127.0.0.1:{vision}"}
         log = tmp_path / "make-run.log"
