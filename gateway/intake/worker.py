@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,7 @@ from gateway.intake.attempt import Attempts
 from gateway.intake.spool import Spool
 from gateway.intake.spooled import SpoolIntake
 from gateway.intake.worker_http import Heartbeat, serve_worker_http, stale_after_s
-from gateway.privacy import Privacy
+from gateway.intake.housekeeping import PrivacySweep
 from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
@@ -54,10 +53,7 @@ class SpoolWorker:
         *,
         poll_s: float,
         attempt_budget_s: float,
-        privacy: Privacy | None = None,
-        expire_media: bool | Callable[[], bool] = False,
-        erasure_memory: timedelta = timedelta(days=1),
-        sweep_every_s: float = 3600.0,
+        housekeeping: PrivacySweep | None = None,
         deferred: DeferredReplies | None = None,
         heartbeat: Heartbeat | None = None,
     ) -> None:
@@ -65,14 +61,8 @@ class SpoolWorker:
         self._attempts = attempts
         self._poll_s = poll_s
         self._attempt_budget_s = attempt_budget_s
-        self._privacy = privacy
-        # RETENTION_DAYS where the store does not expire media by itself (filesystem, an S3 without a rule).
-        # A callable is asked at each sweep: an S3 store knows whether its lifecycle rule took only once it
-        # has reached the server (gateway.storage.s3 checks on first use).
-        self._expire_media = expire_media if callable(expire_media) else (lambda: expire_media)
-        self._erasure_memory = erasure_memory
-        self._sweep_every_s = sweep_every_s
-        self._next_sweep = 0.0
+        # The privacy sweep (expiry, old markers), at its own pace.
+        self._housekeeping = housekeeping
         # Tells the user how a deferred item ended (gateway.deferred: Twilio's REST API, Telegram's sendMessage).
         self._deferred = deferred
         # Beaten on every pass and after every entry: /healthz on WORKER_METRICS_PORT (gateway.intake.worker_http).
@@ -93,19 +83,8 @@ class SpoolWorker:
         logger.info("spool worker stopped", extra={"spooled": self._spool.depth()})
 
     def sweep_if_due(self, now: float | None = None) -> int:
-        """The privacy housekeeping, at most once per ``sweep_every_s``; how many media objects expired."""
-        now = time.monotonic() if now is None else now
-        if self._privacy is None or now < self._next_sweep:
-            return 0
-        self._next_sweep = now + self._sweep_every_s
-        try:
-            self._privacy.forget_old_markers(self._erasure_memory)
-            # Asked after the store was used: an S3 store has then tried its lifecycle rule.
-            expired = self._privacy.expire() if self._expire_media() else 0
-        except OSError as error:  # storage down: the next sweep tries again
-            logger.warning("privacy housekeeping failed; will try again", extra={"error": str(error)})
-            return 0
-        return expired
+        """The privacy housekeeping when it is due; how many media objects expired."""
+        return self._housekeeping(now) if self._housekeeping is not None else 0
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """One pass over the due entries; returns how many were attempted."""
@@ -172,11 +151,14 @@ def main() -> int:
             return 2
         worker = SpoolWorker(
             intake.spool, intake.attempts, poll_s=settings.spool_poll_s,
-            attempt_budget_s=settings.spool_attempt_budget_s, privacy=services.privacy,
-            expire_media=lambda: settings.retention_days is not None and not services.store.expires_by_itself,
-            # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
-            erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
-            sweep_every_s=settings.privacy_sweep_s,
+            attempt_budget_s=settings.spool_attempt_budget_s,
+            housekeeping=PrivacySweep(
+                services.privacy,
+                expire_media=lambda: settings.retention_days is not None and not services.store.expires_by_itself,
+                # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
+                erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
+                sweep_every_s=settings.privacy_sweep_s,
+            ),
             deferred=services.deferred,
         )
         if settings.worker_metrics_port:

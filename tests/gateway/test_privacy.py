@@ -21,6 +21,7 @@ from gateway import replies
 from gateway.budget import Budget
 from gateway.config import Settings
 from gateway.intake.attempt import Attempts
+from gateway.intake.housekeeping import PrivacySweep
 from gateway.privacy import Command, Privacy, Usage, parse_command
 from gateway.services import Services
 from gateway.whatsapp.simulate import messages_of
@@ -305,8 +306,9 @@ def test_the_worker_sweeps_at_most_once_per_interval(tmp_path: Path) -> None:
                   metadata={}, received_at=now - timedelta(days=days))
     spool = Spool(tmp_path / "spool")
     retention = Privacy(store, SpoolEraser(spool), retention_days=7, clock=lambda: now)
-    worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1, privacy=retention,  # type: ignore[arg-type]
-                         expire_media=True, sweep_every_s=3600)
+    worker = SpoolWorker(spool, None, poll_s=1, attempt_budget_s=1,  # type: ignore[arg-type]
+                         housekeeping=PrivacySweep(retention, expire_media=True, erasure_memory=timedelta(days=1),
+                                                   sweep_every_s=3600))
     assert worker.sweep_if_due(now=100.0) == 1
     store.put(MediaRef(SENDER_ID, AUDIO, "MM" + f"{99:032x}", 0), b"RIFF", content_type="audio/wav",
               metadata={}, received_at=now - timedelta(days=30))
