@@ -36,6 +36,21 @@ user itself later. "Taken" is decided under a lock against the webhook's own tim
 the two tells the user, except when the connection breaks between the webhook taking the outcome and
 its "taken" reaching the worker: then both do (the user is told twice, never not at all).
 
+Telling once: when no webhook took a message's final outcome the worker tells the user itself, and a
+message can be done more than once (its ack was lost to a NATS restart, so it was delivered again; or
+the ack landed but its confirmation did not). A KeyValue bucket, ``<stream>_TOLD`` (file storage, the
+stream's replicas, entries kept for the duplicate window), holds one key per published message that
+someone has been given the right to tell, its value the claimant (``<stream seq>.<delivery number>``):
+the worker claims it with the bucket's atomic ``create`` (``claim_telling``) before it offers the outcome
+to a waiting webhook or tells the user, and only the claimant offers or tells; any other delivery that
+finds the key tells nobody. A claim NATS does not answer may still land after the reconnect (nats-py
+resends its buffer), so the worker asks again under the same name until NATS answers (and finds its own
+name if it landed). What is left: a worker killed between its claim and the send, a send the channel's
+API refuses, and a claim that landed only after its worker was stopped (SIGTERM while NATS was down)
+leave the user untold: at most once, never twice. The key is the publish id (``Nats-Msg-Id``), so a replayed dead letter, a new
+publish, is told its new outcome. Keys are message ids, values delivery numbers: an erasure need not
+touch the bucket.
+
 Threads and processes: nats-py is asyncio and the gateway is not (gunicorn threads, a worker process),
 so each JetStreamQueue runs one event loop in a daemon thread, with one connection, and its methods
 block on ``run_coroutine_threadsafe(...).result(timeout)``. Make one per process. It connects lazily,
@@ -68,11 +83,13 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     RetentionPolicy,
+    KeyValueConfig,
     StorageType,
     StreamConfig,
 )
@@ -172,6 +189,11 @@ class JetStreamSettings:
     def dead_subject(self, sender_key: str) -> str:
         return f"{self.subject_prefix}.dead.{_token(sender_key, 'sender_key')}"
 
+    @property
+    def told_bucket(self) -> str:
+        """The KeyValue bucket of "someone tells this message's outcome" claims."""
+        return f"{self.stream}_TOLD"
+
     def outcome_subject(self, message_id: str) -> str:
         return f"{self.subject_prefix}.outcome.{_token(message_id, 'message_id')}"
 
@@ -201,6 +223,8 @@ class Delivery:
         headers = msg.headers or {}
         self.payload: bytes = msg.data
         self.message_id: str = headers.get(MESSAGE_ID_HEADER) or headers.get(MSG_ID_HEADER, "")
+        # The id this copy was published under: the message id, or ``<id>~replay~<n>`` for a replay.
+        self.publish_id: str = headers.get(MSG_ID_HEADER) or self.message_id
         self.sender_key: str = msg.subject.rsplit(".", 1)[-1]
         # 1 for the first delivery; naks and ack timeouts both count.
         self.number: int = metadata.num_delivered
@@ -210,6 +234,8 @@ class Delivery:
         max_deliver = intake.settings.max_deliver
         # The last allowed delivery: a failure now must be final (dead_letter) and the user told so.
         self.is_last: bool = max_deliver != -1 and self.number >= max_deliver
+        # Whose claim to tell the outcome (claim_telling): every delivery of a message has its own number.
+        self.claimant: str = f"{self.stream_seq}.{self.number}"
 
     def ack(self) -> None:
         """Done: the server deletes the message. Waits for the server to confirm the ack."""
@@ -299,6 +325,7 @@ class OutcomeWaiter:
 class _Connection:
     nc: NATS
     js: JetStreamContext
+    told: KeyValue
     pull: JetStreamContext.PullSubscription | None = None
 
 
@@ -458,6 +485,30 @@ class JetStreamQueue:
         except IntakeUnavailable:
             return False
 
+    def claim_telling(self, publish_id: str, claimant: str) -> bool | None:
+        """The right to tell the user this message's outcome (offer it to the webhook, or send it): True
+        for the first claimant ever (within the duplicate window), False for every other one, None when
+        NATS cannot say (unreachable): then tell nobody now. ``publish_id`` is ``Delivery.publish_id``;
+        ``claimant`` names this try (``Delivery.claimant``) and must be the same when it asks again: a
+        claim that timed out may still reach the server after the reconnect (nats-py resends what it
+        had buffered), and asking again then finds its own name and answers True."""
+        key = _told_key(publish_id)
+
+        async def claim(conn: _Connection) -> bool:
+            try:
+                await conn.told.create(key, claimant.encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                entry = await conn.told.get(key)
+                return entry.value == claimant.encode()
+            return True
+
+        try:
+            return self._call(claim)
+        except IntakeUnavailable as error:
+            logger.warning("could not claim the telling of an outcome",
+                           extra={"message_sid": publish_id, "error": str(error)})
+            return None
+
     # --- dead letters --------------------------------------------------------------------------------
 
     def sweep_dead_letters(self) -> int:
@@ -616,11 +667,12 @@ class JetStreamQueue:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         try:
             await _ensure_topology(js, settings)
+            told = await _ensure_told_bucket(js, settings)
         except BaseException:
             await nc.close()
             raise
         logger.info("NATS connected", extra={"nats_url": settings.url, "stream": settings.stream})
-        return _Connection(nc, js)
+        return _Connection(nc, js, told)
 
     def _copy_to_dead_letters(
         self, *, message_id: str, sender_key: str, payload: bytes, work_seq: int, deliveries: int, reason: str,
@@ -698,6 +750,33 @@ async def _ensure_topology(js: JetStreamContext, settings: JetStreamSettings) ->
         ack_wait=settings.ack_wait_s, backoff=list(settings.backoff_s) or None, max_deliver=settings.max_deliver,
         filter_subject=settings.work_subjects, description="mediabot workers (shared)",
     ))
+
+
+async def _ensure_told_bucket(js: JetStreamContext, settings: JetStreamSettings) -> KeyValue:
+    """Create the telling claims' bucket, or bring an existing one to the configured replicas and TTL."""
+    config = KeyValueConfig(
+        bucket=settings.told_bucket, history=1, ttl=settings.duplicate_window_s, storage=StorageType.FILE,
+        replicas=settings.replicas,
+        description="mediabot: whose outcome has been told (one empty key per message; see claim_telling)",
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as error:
+        if error.err_code != 10058:  # "stream name already in use with a different configuration"
+            raise
+    info = await js.stream_info(f"KV_{settings.told_bucket}")
+    stream = info.config
+    stream.max_age, stream.num_replicas = settings.duplicate_window_s, settings.replicas
+    await js.update_stream(stream)
+    return await js.key_value(settings.told_bucket)
+
+
+def _told_key(publish_id: str) -> str:
+    """A KeyValue key for a publish id: ``~`` (a replay's ``<id>~replay~<n>``) is not allowed in keys."""
+    key = publish_id.replace("~", ".")
+    if not key or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", key):
+        raise ValueError("publish_id must be letters, digits, '-', '_' or '~'")
+    return key
 
 
 async def _unsubscribe(conn: _Connection, sub: object) -> None:

@@ -16,6 +16,18 @@ After an attempt the answers are offered to the webhook waiting for them (gatewa
 once the message is done and no webhook took them, ``tell`` sends them to the user (the webhook answered
 "I'll do it shortly"). A deferral (nak) is offered too, so a waiting webhook answers at once, but never told.
 
+The final outcome is told at most once across redeliveries and workers: before offering it or telling it
+the worker claims the message in the ``<stream>_TOLD`` bucket (``JetStreamQueue.claim_telling``), and only
+the claimant offers or tells; then the delivery is settled. A message done again (its ack was lost to a
+NATS restart) finds the claim and tells nobody. While NATS does not answer the claim the worker keeps
+asking under the same name (signalling progress): a claim that timed out may have landed after all, and
+asking again finds it its own; if a redelivery went to another worker meanwhile, exactly one of the two
+names is in the bucket. Stopped (SIGTERM) before NATS answered, it tells nobody and the delivery is
+nak'ed or left unsettled, so the redelivery claims and tells; on the last allowed delivery (none follows)
+it tells without a claim. What is left (see gateway.intake.jetstream): a worker killed between its claim
+and the send, a send the channel's API refuses, or a worker stopped just as its claim was landing, leaves
+that user untold: at most once, never twice.
+
 While NATS is unreachable the loop logs it and keeps trying: the worker starts and stays up without it.
 SIGTERM (``stop``): the delivery in hand is finished and settled, no other is fetched.
 """
@@ -45,6 +57,8 @@ logger = logging.getLogger(__name__)
 Tell = Callable[[InboundMessage, list[ItemAnswer]], bool]
 # Longest pause between tries while NATS is unreachable (the backoff's own cap may be a minute).
 _MAX_UNREACHABLE_PAUSE_S = 5.0
+# Pause between asks of a claim to tell an outcome that NATS did not answer.
+_CLAIM_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,9 @@ class Handled:
     message_sid: str
     settled: str  # "acked", "naked", "dead_lettered", or "unsettled" (NATS failed us: it comes back)
     answers: tuple[ItemAnswer, ...] = ()
-    told_by: str = ""  # "webhook", "tell", "nobody" (tell failed or could not), "" (not told: deferred)
+    # "webhook", "tell", "nobody" (tell failed or could not), "already" (an earlier delivery or another
+    # worker holds the claim), "" (not told: deferred, or NATS could not be asked for the claim)
+    told_by: str = ""
 
 
 class JetStreamWorker:
@@ -122,7 +138,7 @@ class JetStreamWorker:
             if stop is not None and stop.is_set():  # not started: it goes back at once, for another worker
                 _settle(delivery, "nak", delivery.nak)
                 break
-            handled.append(self.handle(delivery))
+            handled.append(self.handle(delivery, stop))
         return handled
 
     def sweep_dead_letters_if_due(self, now: float | None = None) -> int:
@@ -133,8 +149,9 @@ class JetStreamWorker:
         self._next_dead_letter_sweep = now + self._dead_letter_sweep_s
         return self._queue.sweep_dead_letters()
 
-    def handle(self, delivery: Delivery) -> Handled:
-        """Process one delivery, settle it and tell whoever must hear the outcome; never raises for NATS."""
+    def handle(self, delivery: Delivery, stop: threading.Event | None = None) -> Handled:
+        """Process one delivery, tell whoever must hear the outcome and settle it; never raises for NATS.
+        While NATS does not answer the claim to tell, this waits for it, until ``stop``."""
         try:
             message, received_at = decode_message(delivery.payload)
         except (InvalidWebhook, InvalidSender) as error:
@@ -163,15 +180,41 @@ class JetStreamWorker:
             results = {i: r.given_up(content_types[i]) if r.retryable else r for i, r in results.items()}
         metrics.record_attempt(message.media, results, will_retry=False)
         answers = _answers(message, results, deferring=False)
+        # Told before settling, under a claim: a settle that fails brings the message back, and its next
+        # delivery finds the claim and tells nobody again.
+        with self._progress(delivery):
+            claimed = self._claim_telling(delivery, stop)
+        if claimed is None and not delivery.is_last:  # stopped before NATS said: the redelivery claims
+            delay_s = self._backoff.delay(delivery.number)
+            settled = _settle(delivery, "naked", lambda: delivery.nak(delay_s))
+            logger.info("outcome not told yet: NATS unreachable; the message comes back",
+                        extra={**extra, "retry_in_s": round(delay_s, 2)})
+            return Handled(message.message_sid, settled, tuple(answers), "")
+        # No claim and no delivery after this one (max_deliver): tell without one, or nobody would.
+        if claimed is False:
+            told_by = "already"
+            logger.info("outcome told already (an earlier delivery or another worker)", extra=extra)
+        else:
+            told_by = self._tell_done(message, answers)
         if pending:
             reason = ",".join(sorted({str(outcome) for outcome in pending.values()}))
             logger.error("gave up on a queued message", extra={**extra, "outcomes": pending})
             settled = _settle(delivery, "dead_lettered", lambda: delivery.dead_letter(reason))
         else:
             settled = _settle(delivery, "acked", delivery.ack)
-        # After settling: a failed offer (NATS gone) still tells the user. A settle that failed means the
-        # message comes back and is done again; the user may then hear twice, never not at all.
-        return Handled(message.message_sid, settled, tuple(answers), self._tell_done(message, answers))
+        return Handled(message.message_sid, settled, tuple(answers), told_by)
+
+    def _claim_telling(self, delivery: Delivery, stop: threading.Event | None) -> bool | None:
+        """The claim, asked again under the same name until NATS answers it (a claim that timed out may
+        have landed after all: asking again finds it ours), or None once ``stop`` is set."""
+        while True:
+            claimed = self._queue.claim_telling(delivery.publish_id, delivery.claimant)
+            if claimed is not None:
+                return claimed
+            if stop is None:
+                stop = threading.Event()
+            if stop.wait(_CLAIM_RETRY_S):
+                return None
 
     def _offer(self, message: InboundMessage, answers: list[ItemAnswer]) -> bool:
         return self._queue.offer_outcome(message.message_sid, encode_answers(answers),

@@ -362,6 +362,79 @@ def test_outcome_told_exactly_once_when_the_offer_races_the_timeout(
         assert (outcome == b"saved") == results[0], f"round {n}: gateway {outcome!r}, worker {results[0]}"
 
 
+def test_telling_is_claimed_once_across_workers_and_replays(
+    intake: JetStreamQueue, second_worker: JetStreamQueue
+) -> None:
+    """The claim is the bucket's atomic create: one winner among racing workers, none after; a replay
+    (published as ``<id>~replay~<n>``) is a new message and gets its own claim."""
+    for n in range(20):
+        barrier = threading.Barrier(2)
+        results: list[bool | None] = []
+
+        def claim(queue: JetStreamQueue, m: int = n) -> None:
+            barrier.wait()
+            results.append(queue.claim_telling(sid(m), f"1.{id(queue)}"))
+
+        racers = [threading.Thread(target=claim, args=(q,)) for q in (intake, second_worker)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        assert sorted(results, key=str) == [False, True], f"round {n}: {results}"
+    assert second_worker.claim_telling(sid(3), "1.9") is False
+    assert intake.claim_telling(f"{sid(3)}~replay~7", "1.1") is True
+    assert intake.claim_telling(f"{sid(3)}~replay~7", "1.2") is False
+    assert intake.claim_telling(f"{sid(3)}~replay~7", "1.1") is True  # asked again by the claimant
+
+
+def test_a_telling_claim_survives_a_server_kill_and_one_made_as_it_died_is_found_by_its_claimant(
+    intake: JetStreamQueue, second_worker: JetStreamQueue, nats_server: NatsServer
+) -> None:
+    assert intake.claim_telling(sid(1), "1.1") is True
+    nats_server.kill()
+    # Unknown (None), or, if the client had not noticed yet, a claim that may land after the reconnect.
+    assert intake.claim_telling(sid(2), "1.1") is None
+    nats_server.start()
+    wait_until(lambda: intake.ready() and second_worker.ready(), 10)
+    assert second_worker.claim_telling(sid(1), "1.2") is False  # the file store kept it
+    assert intake.claim_telling(sid(2), "1.1") is True  # landed late or made now: the claimant's either way
+    assert second_worker.claim_telling(sid(2), "1.2") is False
+
+
+def test_the_told_bucket_keeps_claims_for_the_duplicate_window_in_files(
+    intake: JetStreamQueue, nats_server: NatsServer
+) -> None:
+    import asyncio
+
+    import nats
+
+    intake.ensure_topology()
+
+    async def bucket() -> tuple[float, str, int]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            info = await nc.jetstream().stream_info(f"KV_{intake.settings.told_bucket}")
+            return info.config.max_age, str(info.config.storage), info.config.num_replicas
+        finally:
+            await nc.close()
+
+    assert asyncio.run(bucket()) == (intake.settings.duplicate_window_s, "file", 1)
+    # A changed window reaches the existing bucket.
+    changed = JetStreamQueue(replace(intake.settings, duplicate_window_s=3600.0))
+    try:
+        changed.ensure_topology()
+        assert asyncio.run(bucket())[0] == 3600.0
+    finally:
+        changed.close()
+
+
+def wait_until(check, timeout_s: float) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def test_purge_by_sender_leaves_the_others(intake: JetStreamQueue) -> None:
     for n in range(3):
         intake.publish(sid(n), b"alice", ALICE)

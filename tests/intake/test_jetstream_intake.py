@@ -4,6 +4,7 @@ worker loop (gateway.intake.jetstream_worker) on its own connection, as a worker
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +20,9 @@ from bench.photo_set import face_photo
 from gateway import replies
 from gateway.audio_client import AudioClient
 from gateway.intake import ItemAnswer
-from gateway.intake.jetstream import JetStreamQueue
+from gateway.intake.jetstream import Delivery, IntakeUnavailable, JetStreamQueue
 from gateway.intake.jetstream_intake import JetStreamIntake, jetstream_settings
-from gateway.intake.jetstream_worker import JetStreamWorker
+from gateway.intake.jetstream_worker import Handled, JetStreamWorker
 from gateway.intake.spool import Backoff
 from gateway.message import InboundMessage
 from gateway.outcome import Outcome
@@ -52,8 +53,20 @@ class Workers:
     told: Told = field(default_factory=Told)
     beats: list[float] = field(default_factory=list)
     _running: list[tuple[threading.Event, threading.Thread, JetStreamQueue]] = field(default_factory=list)
+    _queues: list[JetStreamQueue] = field(default_factory=list)
 
-    def start(self, audio_addr: str | None = None) -> JetStreamWorker:
+    def start(self, audio_addr: str | None = None, **make: object) -> JetStreamWorker:
+        worker = self.make(audio_addr, **make)  # type: ignore[arg-type]
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        self._running.append((stop, thread, worker._queue))  # noqa: SLF001
+        return worker
+
+    def make(self, audio_addr: str | None = None, *, tell: Callable[..., bool] | None = None,
+             wrap: Callable[[MediaProcessor], MediaProcessor] | None = None) -> JetStreamWorker:
+        """A worker on its own connection, not started (``start`` runs one); ``tell`` instead of the
+        recorder, ``wrap`` around the real processor. Its connection is closed at teardown."""
         services = self.app.extensions["mediabot"]
         settings = services.settings
         processor: MediaProcessor = services.processor
@@ -64,24 +77,23 @@ class Workers:
                 audio_timeout_s=10, vision_timeout_s=10, max_media_bytes=settings.max_media_bytes,
             )
         queue = JetStreamQueue(jetstream_settings(settings))
-        worker = JetStreamWorker(
-            queue, processor, backoff=Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
-            attempt_budget_s=20, tell=self.told, heartbeat=lambda: self.beats.append(time.monotonic()),
+        self._queues.append(queue)
+        return JetStreamWorker(
+            queue, processor if wrap is None else wrap(processor),
+            backoff=Backoff(settings.spool_retry_base_s, settings.spool_retry_max_s),
+            attempt_budget_s=20, tell=tell or self.told, heartbeat=lambda: self.beats.append(time.monotonic()),
             fetch_timeout_s=0.2, dead_letter_sweep_s=0.5,
         )
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        self._running.append((stop, thread, queue))
-        return worker
 
     def stop_all(self) -> None:
-        for stop, thread, queue in self._running:
+        for stop, thread, _queue in self._running:
             stop.set()
             thread.join(30)
             assert not thread.is_alive(), "a worker did not stop"
-            queue.close()
         self._running.clear()
+        for queue in self._queues:
+            queue.close()
+        self._queues.clear()
 
 
 @pytest.fixture
@@ -135,6 +147,32 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+class AfterProcessing:
+    """The real processor, then ``then()`` after an item is done: a fault at a chosen moment."""
+
+    def __init__(self, real: MediaProcessor, then: Callable[[], object]) -> None:
+        self._real, self._then = real, then
+
+    def process(self, *args: object, **kwargs: object) -> object:
+        result = self._real.process(*args, **kwargs)  # type: ignore[arg-type]
+        self._then()
+        return result
+
+
+def deferred_message(app: Flask, media: tuple[str, str]) -> dict[str, str]:
+    """A one-photo message the webhook defers (no worker yet): its outcome must be told later."""
+    form = media_form([(media[1], "image/jpeg")])
+    assert reply_of(signed_post(app.test_client(), form)) == replies.RECEIVED_PHOTO
+    return form
+
+
+def drained(app: Flask) -> bool:
+    try:
+        return intake_of(app).depth() == 0
+    except IntakeUnavailable:  # NATS restarting
+        return False
+
+
 def kinds(media_root: Path) -> list[str]:
     """The folder (audio / images) of every stored media file, sorted."""
     return sorted(path.parent.name for path in media_files(media_root) if path.suffix != ".json")
@@ -178,6 +216,94 @@ def test_without_a_quick_worker_the_webhook_defers_and_the_worker_tells_later(
     assert answers[1].sentence == replies.saved_photo(1)
     assert kinds(media_root) == ["audio", "images"]
     wait_for(lambda: intake_of(app).depth() == 0, 10, "the ack")
+
+
+def test_an_outcome_whose_ack_was_lost_to_a_nats_crash_is_told_once(
+    jetstream_app: Callable[..., Flask], workers_for: Callable[[Flask], Workers], media: tuple[str, str],
+    media_root: Path, nats_server: NatsServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS dies between the tell and the ack: the message comes back, is done again (found stored), and
+    its second delivery finds the first one's claim: the user hears once."""
+    caplog.set_level(logging.INFO, logger="gateway.intake.jetstream_worker")
+    app = jetstream_app(WEBHOOK_BUDGET_S="1.5")
+    form = deferred_message(app, media)
+    workers = workers_for(app)
+
+    def tell_then_crash_nats(message: InboundMessage, answers: list[ItemAnswer]) -> bool:
+        workers.told(message, answers)
+        if len(workers.told.calls) == 1:
+            nats_server.kill()
+            # Until the client has seen it: the ack that follows then fails at once, and is not buffered
+            # and resent after the reconnect (which would make it land after all: no redelivery).
+            wait_for(lambda: not worker._queue._conn.nc.is_connected, 10, "the client to notice")  # noqa: SLF001
+        return True
+
+    worker = workers.start(tell=tell_then_crash_nats)
+    wait_for(lambda: workers.told.calls != [], 60, "the first tell")
+    time.sleep(0.5)
+    nats_server.start()
+    wait_for(lambda: "outcome told already" in caplog.text, 30, "the redelivery")
+    wait_for(lambda: drained(app), 30, "the second delivery's ack")
+    assert len(workers.told.of(form["MessageSid"])) == 1
+    assert kinds(media_root) == ["images"]
+
+
+def test_two_workers_holding_the_same_message_tell_it_once(
+    jetstream_app: Callable[..., Flask], workers_for: Callable[[Flask], Workers], media: tuple[str, str],
+    media_root: Path,
+) -> None:
+    """A delivery outlives its ack wait (a stalled worker) and goes to a second worker; both finish it at
+    the same moment: one claim, one tell."""
+    app = jetstream_app(WEBHOOK_BUDGET_S="1.5")
+    form = deferred_message(app, media)
+    workers = workers_for(app)
+    first, second = workers.make(), workers.make()
+    [held] = first._queue.fetch(timeout_s=10)  # noqa: SLF001
+    [again] = second._queue.fetch(timeout_s=15)  # noqa: SLF001 - after the ack wait (3 s)
+    assert (held.message_id, again.message_id, again.number) == (form["MessageSid"], form["MessageSid"], 2)
+    barrier = threading.Barrier(2)
+
+    def finish(worker: JetStreamWorker, delivery: Delivery) -> Handled:
+        barrier.wait()
+        return worker.handle(delivery)
+
+    with ThreadPoolExecutor(2) as pool:
+        handled = list(pool.map(finish, (first, second), (held, again)))
+    assert sorted(h.told_by for h in handled) == ["already", "tell"], handled
+    assert len(workers.told.of(form["MessageSid"])) == 1
+    assert kinds(media_root) == ["images"]
+    wait_for(lambda: drained(app), 30, "the ack")
+
+
+@pytest.mark.parametrize("down_s", [1.0, 6.0], ids=["blip", "longer-than-the-ack-wait"])
+def test_nats_down_when_the_outcome_is_claimed_tells_it_once_after_nats_returns(
+    jetstream_app: Callable[..., Flask], workers_for: Callable[[Flask], Workers], media: tuple[str, str],
+    media_root: Path, nats_server: NatsServer, down_s: float,
+) -> None:
+    app = jetstream_app(WEBHOOK_BUDGET_S="1.5")
+    form = deferred_message(app, media)
+    workers = workers_for(app)
+    crashed = threading.Event()
+
+    def crash_nats_once() -> None:
+        if not crashed.is_set():
+            crashed.set()
+            nats_server.kill()  # the item is stored; the claim to tell it comes next
+
+    for _ in range(2):
+        workers.start(wrap=lambda real: AfterProcessing(real, crash_nats_once))  # type: ignore[arg-type,return-value]
+    assert crashed.wait(60)
+    time.sleep(down_s)
+    assert workers.told.calls == [], "told without a claim while NATS was down"
+    nats_server.start()
+    wait_for(lambda: workers.told.calls != [], 60, "the tell once NATS is back")
+    wait_for(lambda: drained(app), 30, "the ack")
+    time.sleep(1.0)  # a second tell, if any, would come now
+    [answers] = workers.told.of(form["MessageSid"])
+    # Told by the first worker, or by the second if the delivery went to it (found stored: same sentence).
+    assert [a.sentence for a in answers] == [replies.saved_photo(1)]
+    assert answers[0].outcome in (Outcome.SAVED, Outcome.ALREADY_SAVED)
+    assert kinds(media_root) == ["images"]
 
 
 def test_a_webhook_replayed_three_times_and_after_it_completed_is_stored_once(

@@ -126,7 +126,9 @@ def vision_proc(tmp: Path, triton_grpc_url: str) -> Proc:
 
 
 def gateway_env(*, audio_addr: str, vision_addr: str, s3_env: Mapping[str, object], spool_dir: Path,
-                port: int) -> dict[str, str]:
+                port: int, twilio_api_base_url: str = "") -> dict[str, str]:
+    """The gateway's and worker's environment. ``twilio_api_base_url``: where deferred WhatsApp answers are
+    sent (tests.fixtures.twilio_api); without it they go to api.twilio.com, unreachable here (logged)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TWILIO_", "PUBLIC_BASE_URL"))}
     env.update({key: str(value) for key, value in s3_env.items()})
     env.update({
@@ -150,6 +152,8 @@ def gateway_env(*, audio_addr: str, vision_addr: str, s3_env: Mapping[str, objec
         "LOG_LEVEL": "INFO",
         "TRUST_PROXY": "0",
     })
+    if twilio_api_base_url:
+        env["TWILIO_API_BASE_URL"] = twilio_api_base_url
     return env
 
 
@@ -200,6 +204,8 @@ class Figures:
     latencies_s: list[float] = field(default_factory=list)
     redeliveries: int = 0
     server_errors: int = 0
+    # MessageSid -> the reply the user got (the 200's text): deferred ("shortly") or final.
+    replies: dict[str, str] = field(default_factory=dict)
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies_s)

@@ -8,11 +8,15 @@ connection failure), so a crash of the gateway loses nothing the sender did not 
 
 Afterwards every item that qualifies (voice notes, photos with a face) is stored exactly once, with the
 photo's bytes unchanged; nothing else is stored; the intake is empty, nothing given up; and no process was restarted by
-anyone but the test's own fault script.
+anyone but the test's own fault script. Every user whose reply said "I'll ... shortly" was told the outcome
+once, through Twilio's Messages API (tests.fixtures.twilio_api, TWILIO_API_BASE_URL), and nobody whose reply
+was final was told anything; when the gateway and worker are killed -9 mid-run, at least once (a spool worker
+killed between the send and its ``told`` line sends again: counted, expected 0).
 
 Size: SOAK_MESSAGES messages (default 30, `make soak` 300), one every SOAK_INTERVAL_S (0.3) at up to 8 in
 flight, with the S3 server down for SOAK_S3_DOWN_S (default 8, `make soak` 20). With SOAK_REPORT=path the
-figures (time, retries, webhook latency percentiles) are written there as JSON as well as logged.
+figures (time, retries, webhook latency percentiles, deferred / told / told twice) are written there as
+JSON as well as logged.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.whatsapp.simulate import MediaHost, send, serve_media
+from gateway import replies
+from gateway.whatsapp.simulate import DEFAULT_TO, MediaHost, send, serve_media, serving_in_thread
 from gateway.intake.jetstream import IntakeUnavailable, JetStreamQueue
 from gateway.intake.spool import Spool
 from gateway.storage.keys import AUDIO, IMAGES, is_media_key, parse_key
 from tests.fixtures.gateway import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 from bench.photo_set import face_photo, no_face_photo
 from tests.fixtures.nats import NatsServer
+from tests.fixtures.twilio_api import TwilioMessagesApi
 from tests.fixtures.s3 import SeaweedS3, new_bucket_name
 from tests.reliability.stack import (
     Figures,
@@ -118,7 +124,8 @@ class Media:
         planned = []
         for i in range(n):
             files, expected = shapes[i % len(shapes)]
-            planned.append(Planned(new_sid("MM"), f"+1555010{i % 10:04d}", files, expected))
+            # A number of its own: the told answers are found by the user's address.
+            planned.append(Planned(new_sid("MM"), f"+1555{2_000_000 + i:07d}", files, expected))
         return planned
 
 
@@ -132,6 +139,8 @@ class Gateway:
     logs: list[Path] = field(default_factory=list)
     intake: str = "spool"
     nats: NatsServer | None = None
+    # Twilio's Messages API, where the worker tells deferred WhatsApp answers.
+    twilio_api: TwilioMessagesApi | None = None
 
     def tail(self) -> str:
         return self.gunicorn.tail() + "\n" + self.worker.tail()
@@ -174,9 +183,11 @@ def gateway(request: pytest.FixtureRequest, tmp_path: Path, services: Services, 
     intake: str = request.param
     port = free_port()
     bucket = new_bucket_name()
+    twilio_api = TwilioMessagesApi(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
     env = gateway_env(
         audio_addr=services.audio.env["AUDIO_LISTEN"], vision_addr=services.vision.env["VISION_LISTEN"],
         s3_env=running_s3.gateway_env(bucket), spool_dir=tmp_path / "spool", port=port,
+        twilio_api_base_url=twilio_api.base_url,
     )
     nats, queue = None, None
     if intake == "jetstream":
@@ -190,10 +201,11 @@ def gateway(request: pytest.FixtureRequest, tmp_path: Path, services: Services, 
     backlog = Backlog(spool=Spool(tmp_path / "spool")) if queue is None else Backlog(queue=queue)
     gunicorn, worker = gateway_procs(tmp_path, env)
     try:
-        gunicorn.start()
-        worker.start()
-        yield Gateway(gunicorn, worker, backlog, bucket, f"http://127.0.0.1:{port}/whatsapp",
-                      [gunicorn.log, worker.log], intake, nats)
+        with serving_in_thread(twilio_api, "soak-twilio-api"):
+            gunicorn.start()
+            worker.start()
+            yield Gateway(gunicorn, worker, backlog, bucket, f"http://127.0.0.1:{port}/whatsapp",
+                          [gunicorn.log, worker.log], intake, nats, twilio_api)
     finally:
         worker.stop()
         gunicorn.stop()
@@ -221,6 +233,7 @@ def deliver(gateway: Gateway, host: MediaHost, message: Planned, figures: Figure
         if result is not None and result.status == 200:
             with lock:
                 figures.latencies_s.append(result.elapsed_s)
+                figures.replies[message.message_sid] = result.reply_text
             return
         with lock:
             figures.redeliveries += 1
@@ -309,8 +322,72 @@ def assert_stored_exactly_once(s3: SeaweedS3, gateway: Gateway, messages: list[P
     return len(expected)
 
 
+@dataclass
+class Telling:
+    """Who was told what after the run, per message (by the user's WhatsApp address)."""
+
+    deferred: list[str]  # MessageSids whose reply said "shortly"
+    told: dict[str, int]  # MessageSid -> answers the Twilio API received for its user
+    wrong: list[str]  # what a told answer got wrong (sender, or a sentence that is not the outcome)
+
+    @property
+    def figures(self) -> dict[str, int]:
+        deferred = set(self.deferred)
+        return {
+            "deferred": len(deferred),
+            "told": sum(1 for sid in deferred if self.told.get(sid, 0) >= 1),
+            "told_twice": sum(1 for sid in deferred if self.told.get(sid, 0) > 1),
+            "told_not_deferred": sum(1 for sid, n in self.told.items() if n and sid not in deferred),
+        }
+
+
+_SHORTLY = (replies.RECEIVED_VOICE, replies.RECEIVED_PHOTO, replies.RECEIVED_OTHER)
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of a reply or a told answer (``replies.combine``: numbered when several)."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return lines
+    return [line.split(". ", 1)[1] if line.split(". ", 1)[0].isdigit() else line for line in lines]
+
+
+def _final_sentence_fits(sentence: str, kind: str | None) -> bool:
+    if kind == AUDIO:
+        return sentence.startswith("Saved your voice message (")
+    if kind == IMAGES:
+        return sentence.startswith("Saved your photo (")
+    return sentence == replies.NO_FACE
+
+
+def telling(gateway: Gateway, messages: list[Planned], figures: Figures) -> Telling:
+    """Match what Twilio's Messages API received against each message's reply."""
+    assert gateway.twilio_api is not None
+    by_user: dict[str, list[object]] = {}
+    for sent in list(gateway.twilio_api.sent):
+        by_user.setdefault(sent.to, []).append(sent)
+    deferred, told, wrong = [], {}, []
+    for message in messages:
+        reply = _sentences(figures.replies.get(message.message_sid, ""))
+        waiting = [i for i, sentence in enumerate(reply) if sentence in _SHORTLY]
+        if waiting:
+            deferred.append(message.message_sid)
+        answers = by_user.get(f"whatsapp:{message.sender}", [])
+        told[message.message_sid] = len(answers)
+        for answer in answers:
+            if answer.from_ != DEFAULT_TO:  # type: ignore[attr-defined]
+                wrong.append(f"{message.message_sid}: from {answer.from_!r}")  # type: ignore[attr-defined]
+            sentences = _sentences(answer.body)  # type: ignore[attr-defined]
+            if any(sentence in _SHORTLY for sentence in sentences):
+                wrong.append(f"{message.message_sid}: told 'shortly' again: {answer.body!r}")  # type: ignore[attr-defined]
+            for index in waiting:
+                if not any(_final_sentence_fits(s, message.expected.get(index)) for s in sentences):
+                    wrong.append(f"{message.message_sid}: item {index} not in {answer.body!r}")  # type: ignore[attr-defined]
+    return Telling(deferred, told, wrong)
+
+
 def report(name: str, gateway: Gateway, messages: list[Planned], figures: Figures, elapsed_s: float,
-           stored: int) -> dict[str, object]:
+           stored: int, told: Telling | None = None) -> dict[str, object]:
     figures_out = {
         "test": name,
         "messages": len(messages),
@@ -323,6 +400,7 @@ def report(name: str, gateway: Gateway, messages: list[Planned], figures: Figure
         "webhook_p50_s": round(figures.percentile(50), 3),
         "webhook_p99_s": round(figures.percentile(99), 3),
         "webhook_max_s": round(max(figures.latencies_s, default=0.0), 3),
+        **(told.figures if told is not None else {}),
     }
     logger.warning("soak figures %s", json.dumps(figures_out))
     path = os.environ.get("SOAK_REPORT")
@@ -385,11 +463,17 @@ def test_faults_lose_nothing_and_store_nothing_twice(
     started = time.monotonic()
     figures = stream(gateway, messages, faults)
     stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
-    out = report("faults", gateway, messages, figures, time.monotonic() - started, stored)
+    told = telling(gateway, messages, figures)
+    out = report("faults", gateway, messages, figures, time.monotonic() - started, stored, told)
 
     assert gateway.backlog.depth() == 0 and gateway.backlog.given_up() == []
     assert figures.server_errors == 0
     assert out["retries"] > 0, "the faults never made anything wait: the test proved nothing"
+    # Every deferred user told the outcome once; nobody with a final reply told anything.
+    assert told.figures["deferred"] > 0, "nothing was deferred: the telling was never tested"
+    assert [sid for sid in told.deferred if told.told[sid] != 1] == [], told.told
+    assert told.figures["told_not_deferred"] == 0, told.told
+    assert told.wrong == []
     # Nobody restarted the gateway, its worker or the vision service: they recovered on their own.
     assert (gateway.gunicorn.starts, gateway.worker.starts, services.vision.starts) == (1, 1, 1)
     assert gateway.gunicorn.alive and gateway.worker.alive and services.vision.alive
@@ -411,9 +495,13 @@ def test_gateway_killed_mid_run_loses_nothing(
     started = time.monotonic()
     figures = stream(gateway, messages, crash)
     stored = assert_stored_exactly_once(running_s3, gateway, messages, media)
-    report("crash", gateway, messages, figures, time.monotonic() - started, stored)
+    told = telling(gateway, messages, figures)
+    report("crash", gateway, messages, figures, time.monotonic() - started, stored, told)
     assert gateway.backlog.depth() == 0 and gateway.backlog.given_up() == []
     assert (gateway.gunicorn.starts, gateway.worker.starts) == (2, 2)
+    # At least once: a worker killed between the send and recording it sends again (told_twice, expected 0).
+    assert [sid for sid in told.deferred if told.told[sid] < 1] == [], told.told
+    assert told.wrong == []
 
 
 def test_replayed_webhook_three_times_at_once_is_one_object(
