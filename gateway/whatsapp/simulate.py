@@ -33,6 +33,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urljoin
 from typing import TypeVar
 
 import requests
@@ -282,6 +283,35 @@ def send(
     return SimResult(response.status_code, text, elapsed, message_sid, response.text)
 
 
+def wait_until_serving(webhook_url: str, timeout_s: float, *, poll_s: float = 0.5) -> list[str]:
+    """Wait until the gateway's /readyz lists every backend SERVING, or ``timeout_s``; what is still not
+    serving then ([] when all are).
+
+    The gateway is ready (it accepts and keeps messages) seconds after `make run` starts, while Triton is
+    still loading the face model: a photo sent then is answered "I'll check it shortly" and finished later by
+    the worker, which fetches the media again from this process's media host, gone by then (Twilio's stays
+    up). So a demo waits for the whole stack, and says so once.
+    """
+    readyz = urljoin(webhook_url, "/readyz")
+    deadline = time.monotonic() + timeout_s
+    said = False
+    with requests.Session() as session:
+        session.trust_env = False
+        while True:
+            try:
+                dependencies = session.get(readyz, timeout=2).json().get("dependencies", {})
+                waiting = sorted(name for name, status in dependencies.items() if status != "SERVING")
+            except (requests.RequestException, ValueError, AttributeError):
+                waiting = ["the gateway"]
+            if not waiting or time.monotonic() >= deadline:
+                return waiting
+            if not said:
+                print(f"simulate: waiting up to {timeout_s:g} s for {', '.join(waiting)} (Triton loads the face "
+                      "model for a while after `make run` starts)", file=sys.stderr)
+                said = True
+            time.sleep(poll_s)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gateway.whatsapp.simulate",
@@ -300,9 +330,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--account-sid", default=None, help="default: $TWILIO_ACCOUNT_SID, else the development SID")
     parser.add_argument("--auth-token", default=None, help="default: $TWILIO_AUTH_TOKEN, else the development token")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the reply (default 20)")
+    parser.add_argument("--wait", type=float, default=60.0, metavar="S",
+                        help="seconds to wait first for the gateway's backends to be serving (default 60; 0: don't)")
     args = parser.parse_args(argv)
     if len(args.content_type) > len(args.files):
         parser.error("more --content-type values than files")
+    missing = [path for path in args.files if not path.is_file()]
+    if missing:
+        print(f"simulate: no such file: {missing[0]}", file=sys.stderr)
+        return 2
+    if args.wait > 0:
+        wait_until_serving(args.url or default_url(), args.wait)
     try:
         result = send(
             args.files,

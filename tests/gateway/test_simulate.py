@@ -142,6 +142,7 @@ class TestCommandLine:
                               capsys: pytest.CaptureFixture[str]) -> None:
         base = serve_gateway(gateway_app)
         code = simulate.main([
+            "--wait", "0",  # this gateway's vision service is down on purpose
             "--from", "+15551234567", "--url", f"{base}/whatsapp", "--sign-url", WEBHOOK_URL,
             "--account-sid", TEST_ACCOUNT_SID, "--auth-token", TEST_AUTH_TOKEN, "--profile-name", "Ana",
             "--content-type", "audio/ogg", str(voice_note),
@@ -155,14 +156,31 @@ class TestCommandLine:
     def test_http_errors_exit_non_zero(self, gateway_app: Flask, serve_gateway: Callable[[Flask], str],
                                        voice_note: Path, capsys: pytest.CaptureFixture[str]) -> None:
         base = serve_gateway(gateway_app)
-        code = simulate.main(["--url", f"{base}/whatsapp", "--auth-token", "wrong-token", str(voice_note)])
+        code = simulate.main(["--wait", "0", "--url", f"{base}/whatsapp", "--auth-token", "wrong-token",
+                              str(voice_note)])
         assert code == 1
         captured = capsys.readouterr()
         assert "HTTP 403" in captured.err and captured.out == ""
 
     def test_unreachable_gateway_exits_non_zero(self, capsys: pytest.CaptureFixture[str]) -> None:
-        assert simulate.main(["--url", f"http://127.0.0.1:{free_port()}/whatsapp"]) == 1
-        assert "could not reach the gateway" in capsys.readouterr().err
+        assert simulate.main(["--wait", "0.3", "--url", f"http://127.0.0.1:{free_port()}/whatsapp"]) == 1
+        err = capsys.readouterr().err
+        assert "waiting up to 0.3 s for the gateway" in err and "could not reach the gateway" in err
+
+    def test_waits_for_the_backends_the_gateway_reports_not_serving(
+        self, gateway_app: Flask, serve_gateway: Callable[[Flask], str], voice_note: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        # /readyz is 200 (the intake keeps messages) while the vision service is down: the demo waits for it,
+        # names it, and sends once the wait is over.
+        base = serve_gateway(gateway_app)
+        assert simulate.wait_until_serving(f"{base}/whatsapp", 0.3) == ["vision"]
+        code = simulate.main(["--wait", "0.3", "--url", f"{base}/whatsapp", "--sign-url", WEBHOOK_URL,
+                              "--account-sid", TEST_ACCOUNT_SID, "--auth-token", TEST_AUTH_TOKEN,
+                              "--content-type", "audio/ogg", str(voice_note)])
+        captured = capsys.readouterr()
+        assert code == 0 and "waiting up to 0.3 s for vision" in captured.err
+        assert SAVED.fullmatch(captured.out.strip().split("\n\n")[0])
 
     def test_missing_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert simulate.main([str(tmp_path / "nope.ogg")]) == 2
@@ -178,7 +196,8 @@ class TestCommandLine:
 def test_simulator_against_the_make_run_processes(local_stack: Stack, voice_note: Path) -> None:
     """`make run` + `python -m gateway.whatsapp.simulate --from ... voice.ogg` in a fresh checkout: a WAV under the sender."""
     completed = subprocess.run(
-        [sys.executable, "-m", "gateway.whatsapp.simulate", "--from", "+15551234567", str(voice_note)],
+        # --wait 0: this stack runs without a vision service, so its /readyz never lists every backend serving.
+        [sys.executable, "-m", "gateway.whatsapp.simulate", "--wait", "0", "--from", "+15551234567", str(voice_note)],
         env=local_stack.env, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
     )
     assert completed.returncode == 0, completed.stderr + local_stack.log_tail()
