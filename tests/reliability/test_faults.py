@@ -353,11 +353,14 @@ def _sentences(text: str) -> list[str]:
 
 
 def _final_sentence_fits(sentence: str, kind: str | None) -> bool:
+    """Whether ``sentence`` is a final answer for an item expected to end as ``kind`` (None: not stored,
+    i.e. a photo without a face, or the clip no one keeps: on JetStream a webhook that waited in vain says
+    "shortly" for every item, the unsupported one included)."""
     if kind == AUDIO:
         return sentence.startswith("Saved your voice message (")
     if kind == IMAGES:
         return sentence.startswith("Saved your photo (")
-    return sentence == replies.NO_FACE
+    return sentence in (replies.NO_FACE, replies.unsupported("videos"))
 
 
 def telling(gateway: Gateway, messages: list[Planned], figures: Figures) -> Telling:
