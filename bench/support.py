@@ -6,6 +6,7 @@ the face model artifact that Triton serves. tests/fixtures/triton.py imports the
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -17,9 +18,22 @@ FACE_DETECTOR_WEIGHTS = MODEL_REPOSITORY / "face_detector" / "1" / "weights.pt"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, for a server started afterwards (often in another process).
+
+    Picked below Linux's ephemeral range (32768-60999) rather than by binding port 0: a port the kernel hands
+    out itself is one it may also give to an outgoing connection before the server binds it (the fault run
+    once lost a gunicorn start to that), while ports below the range are only ever bound on purpose.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free TCP port between 20000 and 32767 on 127.0.0.1")
 
 
 def ensure_face_detector_artifact() -> Path:

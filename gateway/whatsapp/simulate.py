@@ -303,12 +303,14 @@ def wait_until_serving(webhook_url: str, timeout_s: float, *, poll_s: float = 0.
                 waiting = sorted(name for name, status in dependencies.items() if status != "SERVING")
             except (requests.RequestException, ValueError, AttributeError):
                 waiting = ["the gateway"]
-            if not waiting or time.monotonic() >= deadline:
-                return waiting
+            if not waiting:
+                return []
             if not said:
                 print(f"simulate: waiting up to {timeout_s:g} s for {', '.join(waiting)} (Triton loads the face "
                       "model for a while after `make run` starts)", file=sys.stderr)
                 said = True
+            if time.monotonic() >= deadline:
+                return waiting
             time.sleep(poll_s)
 
 
