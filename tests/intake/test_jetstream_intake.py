@@ -204,7 +204,7 @@ def test_without_a_quick_worker_the_webhook_defers_and_the_worker_tells_later(
     form = media_form([(voice, "audio/ogg"), (face, "image/jpeg")])
     started = time.monotonic()
     text = reply_of(signed_post(app.test_client(), form))  # no worker is running yet
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 2 + 2.0  # its budget, and room for a loaded machine (Twilio waits 15 s)
     assert text == f"1. {replies.RECEIVED_VOICE}\n2. {replies.RECEIVED_PHOTO}"
     assert media_files(media_root) == [] and intake_of(app).depth() == 1
 
