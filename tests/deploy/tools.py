@@ -12,13 +12,14 @@ import json
 import re
 import shutil
 import subprocess
-import sysconfig
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench.support import installed_program
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -32,11 +33,8 @@ KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
 
 
 def _script(name: str) -> Path:
-    """A console script or binary installed into this interpreter's environment (the wheel put it there)."""
-    path = Path(sysconfig.get_path("scripts")) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: install the dev tools into this environment (see the Makefile)")
-    return path
+    """A dev tool a wheel installed into this environment (the Makefile's dev requirements list them)."""
+    return installed_program(name, "the dev tools")
 
 
 def kubectl() -> Path:

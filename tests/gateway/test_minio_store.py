@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from flask import Flask
 from minio.error import S3Error
 
 from gateway import replies
+from bench.support import installed_program
 from gateway.storage import s3_metadata
 from gateway.config import Settings
 from gateway.storage.s3 import BOOKKEEPING_PREFIX, MinioStore, _put_if_absent, claim_name, overflow_object
@@ -250,7 +250,7 @@ def test_gunicorn_boots_on_refused_credentials_and_says_so(s3_server: SeaweedS3,
         "SPOOL_DIR": str(tmp_path / "spool"), "GATEWAY_PORT": str(port),
         **{key: str(value) for key, value in s3_server.gateway_env(s3_bucket, MINIO_SECRET_KEY="wrong").items()},
     }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
+    gunicorn = installed_program("gunicorn", "gunicorn")
     process = subprocess.Popen(
         [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "gateway:create_app()"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,

@@ -38,7 +38,6 @@ from tests.fixtures.gateway import (
     gateway_env,
     media_files,
     media_form,
-    reply_of,
     signed_post,
     spooled,
     stored_files,

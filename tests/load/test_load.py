@@ -36,6 +36,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.support import installed_program
 from gateway.replies import RECEIVED_VOICE
 from gateway.whatsapp.simulate import reply_text, sign
 from gateway.telegram.simulate import LocalBotApi, file_content, message_update
@@ -121,7 +122,7 @@ def gunicorn_gateway(request: pytest.FixtureRequest, tmp_path: Path, audio_serve
         workers = [_start([sys.executable, "-m", "gateway.intake.worker"], worker_env, tmp_path / f"worker{n}.log")
                    for n in range(JETSTREAM_WORKERS)]
     log = tmp_path / "gunicorn.log"
-    command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+    command = [str(installed_program("gunicorn", "gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
                "--threads", "8", "--timeout", "30", "gateway:create_app()"]
     process = _start(command, env, log)
     try:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from PIL import Image
 
 from gateway import replies
 from bench.hostile_media import CORPUS as HOSTILE_MEDIA
