@@ -42,6 +42,7 @@ from gateway.config import (
     TELEGRAM_WEBHOOK_PATH,
     default_public_base_url,
 )
+from gateway.stack_ready import wait_until_serving
 from gateway.whatsapp.simulate import guess_content_type, serving_in_thread
 from gateway.telegram.webhook import SECRET_HEADER
 
@@ -278,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--document", action="store_true", help="send the files as documents, not voice/photo")
     parser.add_argument("--url", default=None, help=f"webhook URL (default {default_url()})")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each reply (default 20)")
+    parser.add_argument("--wait", type=float, default=60.0, metavar="S",
+                        help="seconds to wait first for the gateway's backends to be serving (default 60; 0: don't)")
     args = parser.parse_args(argv)
     if not args.files and args.text is None:
         parser.error("give files, --text, or both")
@@ -292,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             print(f"simulate: no such file: {path}", file=sys.stderr)
             return 2
+    if args.wait > 0:
+        wait_until_serving(url, args.wait)
     try:
         with serve_bot_api(token, base.port or 80) as api:
             contents = [file_content(api, path, as_document=args.document) for path in args.files]

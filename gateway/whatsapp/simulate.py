@@ -33,13 +33,13 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urljoin
 from typing import TypeVar
 
 import requests
 from twilio.request_validator import RequestValidator
 
 from gateway.config import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, WEBHOOK_PATH, default_public_base_url
+from gateway.stack_ready import wait_until_serving
 
 DEFAULT_FROM = "+15551234567"
 # Twilio's WhatsApp sandbox number: what `To` holds for anyone trying the bot through the sandbox.
@@ -281,37 +281,6 @@ def send(
             elapsed = time.perf_counter() - started
     text = reply_text(response.text) if response.status_code == 200 else ""
     return SimResult(response.status_code, text, elapsed, message_sid, response.text)
-
-
-def wait_until_serving(webhook_url: str, timeout_s: float, *, poll_s: float = 0.5) -> list[str]:
-    """Wait until the gateway's /readyz lists every backend SERVING, or ``timeout_s``; what is still not
-    serving then ([] when all are).
-
-    The gateway is ready (it accepts and keeps messages) seconds after `make run` starts, while Triton is
-    still loading the face model: a photo sent then is answered "I'll check it shortly" and finished later by
-    the worker, which fetches the media again from this process's media host, gone by then (Twilio's stays
-    up). So a demo waits for the whole stack, and says so once.
-    """
-    readyz = urljoin(webhook_url, "/readyz")
-    deadline = time.monotonic() + timeout_s
-    said = False
-    with requests.Session() as session:
-        session.trust_env = False
-        while True:
-            try:
-                dependencies = session.get(readyz, timeout=2).json().get("dependencies", {})
-                waiting = sorted(name for name, status in dependencies.items() if status != "SERVING")
-            except (requests.RequestException, ValueError, AttributeError):
-                waiting = ["the gateway"]
-            if not waiting:
-                return []
-            if not said:
-                print(f"simulate: waiting up to {timeout_s:g} s for {', '.join(waiting)} (Triton loads the face "
-                      "model for a while after `make run` starts)", file=sys.stderr)
-                said = True
-            if time.monotonic() >= deadline:
-                return waiting
-            time.sleep(poll_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
