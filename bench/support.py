@@ -18,6 +18,10 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 FACE_DETECTOR_WEIGHTS = MODEL_REPOSITORY / "face_detector" / "1" / "weights.pt"
 
 
+# Ports this process has handed out: never handed out twice (12,768 to pick from; a test run takes hundreds).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now, for a server started afterwards (often in another process).
 
@@ -28,11 +32,14 @@ def free_port() -> int:
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(20000, 32768)
+        if port in _HANDED_OUT:  # e.g. a server's second port, or one a server stopped moments ago still holds
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
         return port
     raise RuntimeError("no free TCP port between 20000 and 32767 on 127.0.0.1")
 
