@@ -177,6 +177,9 @@ class Settings:
     nats_subject_key: str = field(default="", repr=False)
     # The worker's own HTTP port for GET /healthz and GET /metrics (probes, Prometheus); 0 = none.
     worker_metrics_port: int = 0
+    # INTAKE=jetstream: messages one worker process handles at once (its loops, in threads). An attempt
+    # mostly waits on the media host, audio, vision and storage; the media memory bound covers them all.
+    worker_concurrency: int = 4
     # Security (issue 6): allowlisted media hosts whose name resolves to a private, loopback or link-local
     # address are refused unless this is set (SSRF via DNS); hosts written as loopback names are exempt.
     media_allow_private_addresses: bool = False
@@ -193,7 +196,7 @@ class Settings:
     # The line added to the first reply a sender gets; empty: the built-in text. A policy link goes after it.
     privacy_notice: str = ""
     privacy_policy_url: str = ""
-    # Media bytes one gateway process (a gunicorn worker, the spool worker) holds at once, across its threads
+    # Media bytes one gateway process (a gunicorn worker, the spool or JetStream worker) holds at once, across its threads
     # (gateway.media_memory): downloads claim their size, voice notes also the largest WAV (29 MB). An item
     # that finds no room waits up to media_memory_wait_s (within its webhook's budget), then is left to
     # the spool. The process holds about 3x this at its peak: 96 MiB keeps a worker near 400 MB.
@@ -432,6 +435,7 @@ def _intake(env: Mapping[str, str]) -> dict[str, object]:
         "nats_ack_wait_s": config.number(env, "NATS_ACK_WAIT_S", 60.0, minimum=1, maximum=3600.0),
         "nats_subject_key": config.optional(env, "NATS_SUBJECT_KEY") or "",
         "worker_metrics_port": config.port(env, "WORKER_METRICS_PORT", 0, zero_means_off=True),
+        "worker_concurrency": config.integer(env, "WORKER_CONCURRENCY", 4, minimum=1, maximum=64),
     }
 
 

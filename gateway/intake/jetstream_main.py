@@ -46,7 +46,7 @@ def run_jetstream_worker(settings: Settings, services, stop: threading.Event) ->
     if http is not None:
         logger.info("worker /healthz and /metrics served", extra={"port": http.port})
     try:
-        worker.run(stop)
+        worker.run(stop, concurrency=settings.worker_concurrency)
     finally:
         if http is not None:
             http.close()

@@ -1,7 +1,8 @@
 """The JetStream worker loop (``INTAKE=jetstream``; started by `python -m gateway.intake.worker`).
 
-Every worker pulls from the one durable consumer, one delivery at a time, and does for it what the spool
-worker does for an entry:
+Every worker pulls from the one durable consumer and does for each delivery what the spool worker does for
+an entry. One process runs WORKER_CONCURRENCY loops at once (threads: an attempt mostly waits on the media
+host, audio, vision and storage), each fetching one delivery at a time:
 
 - process every item with the gateway's MediaProcessor (idempotent per (MessageSid, index): an item an
   earlier delivery stored is found, not stored again), signalling ``in_progress`` every third of the ack
@@ -29,7 +30,7 @@ and the send, a send the channel's API refuses, or a worker stopped just as its 
 that user untold: at most once, never twice.
 
 While NATS is unreachable the loop logs it and keeps trying: the worker starts and stays up without it.
-SIGTERM (``stop``): the delivery in hand is finished and settled, no other is fetched.
+SIGTERM (``stop``): every loop finishes and settles the delivery in hand, none fetches another.
 """
 
 from __future__ import annotations
@@ -103,19 +104,48 @@ class JetStreamWorker:
         self._offer_timeout_s = offer_timeout_s
         # A sign of life every third of the ack wait while an attempt runs.
         self._progress_every_s = queue.settings.ack_wait_s / 3
+        # The sweeps (dead letters, privacy) run on whichever loop is free, one at a time.
+        self._chores = threading.Lock()
 
-    def run(self, stop: threading.Event) -> None:
-        """Fetch and handle deliveries until ``stop`` (checked between deliveries)."""
+    def run(self, stop: threading.Event, concurrency: int = 1) -> None:
+        """Fetch and handle deliveries on ``concurrency`` loops until ``stop`` (each checks it between
+        deliveries); returns once every loop has settled the delivery in hand. A loop that fails
+        unexpectedly stops them all and its error is raised here: the process exits and is restarted,
+        as a one-loop worker would be."""
         settings = self._queue.settings
         logger.info("jetstream worker started", extra={"nats_url": settings.url, "stream": settings.stream,
                                                        "consumer": settings.consumer,
-                                                       "max_deliver": settings.max_deliver})
+                                                       "max_deliver": settings.max_deliver,
+                                                       "concurrency": concurrency})
+        if concurrency == 1:
+            self._loop(stop)
+        else:
+            errors: list[BaseException] = []
+
+            def loop() -> None:
+                try:
+                    self._loop(stop)
+                except BaseException as error:
+                    logger.exception("a worker loop failed; stopping the others")
+                    errors.append(error)
+                    stop.set()
+
+            loops = [threading.Thread(target=loop, name=f"jetstream-worker-{n}") for n in range(concurrency)]
+            for thread in loops:
+                thread.start()
+            for thread in loops:
+                thread.join()
+            if errors:
+                raise errors[0]
+        logger.info("jetstream worker stopped")
+
+    def _loop(self, stop: threading.Event) -> None:
         failures = 0
         while not stop.is_set():
             self._heartbeat()
             try:
                 self.run_once(stop)
-                self.sweep_dead_letters_if_due()
+                self._if_free(self.sweep_dead_letters_if_due)
             except IntakeUnavailable as error:
                 failures += 1
                 pause_s = min(_MAX_UNREACHABLE_PAUSE_S, self._backoff.delay(failures))
@@ -127,8 +157,16 @@ class JetStreamWorker:
                 logger.info("NATS reachable again", extra={"after_failures": failures})
                 failures = 0
             if self._housekeeping is not None:
-                self._housekeeping()
-        logger.info("jetstream worker stopped")
+                self._if_free(self._housekeeping)
+
+    def _if_free(self, chore: Callable[[], object]) -> None:
+        """Run ``chore`` unless another loop is running one (it is due once, not once per loop)."""
+        if not self._chores.acquire(blocking=False):
+            return
+        try:
+            chore()
+        finally:
+            self._chores.release()
 
     def run_once(self, stop: threading.Event | None = None) -> list[Handled]:
         """One fetch (waiting up to the fetch timeout) and the handling of what came; IntakeUnavailable

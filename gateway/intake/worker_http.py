@@ -2,14 +2,14 @@
 
 A worker has no webhook to answer, so without this nothing outside could tell a worker whose loop is stuck
 (a hung call, a deadlock) from a working one, and Prometheus could not see what it does. Both intakes'
-workers use it (the spool worker, gateway.intake.worker, and the JetStream one): the loop calls
+workers use it (the spool worker, gateway.intake.worker, and the JetStream one): each loop calls
 ``heartbeat.beat()`` on every pass and after every message it works on, and
 
     server = serve_worker_http(port, heartbeat, intake)   # a daemon thread; port 0 = a free one
     ...
     server.close()
 
-- ``/healthz``: 200 while the loop has beaten within ``heartbeat.stale_after_s``, else 503. It asks nothing
+- ``/healthz``: 200 while every loop has beaten within ``heartbeat.stale_after_s``, else 503. It asks nothing
   else, never audio, vision or storage: a worker waiting for a restarting dependency is alive and must not
   be restarted for it (that is what the intake's retries are for); a worker whose loop stopped must be.
 - ``/metrics``: the worker process's metrics in Prometheus' text format, from gateway.metrics's own
@@ -40,18 +40,26 @@ __all__ = ["Heartbeat", "WorkerHttpServer", "serve_worker_http"]
 
 
 class Heartbeat:
-    """When the worker's loop last made progress (monotonic clock); thread-safe enough for one writer."""
+    """When the worker's loops last made progress (monotonic clock). Each loop (thread) beats for itself and
+    the age is the oldest loop's: one stuck loop of several is a stuck worker, since the messages it holds
+    wait with it."""
 
     def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stale_after_s = stale_after_s
         self._clock = clock
-        self._last = clock()
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._last: dict[int, float] = {}  # thread ident -> its last beat
 
     def beat(self) -> None:
-        self._last = self._clock()
+        now = self._clock()
+        with self._lock:
+            self._last[threading.get_ident()] = now
 
     def age_s(self) -> float:
-        return max(0.0, self._clock() - self._last)
+        with self._lock:
+            oldest = min(self._last.values(), default=self._started)
+        return max(0.0, self._clock() - oldest)
 
     def alive(self) -> bool:
         return self.age_s() <= self.stale_after_s

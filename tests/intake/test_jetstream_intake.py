@@ -55,10 +55,10 @@ class Workers:
     _running: list[tuple[threading.Event, threading.Thread, JetStreamQueue]] = field(default_factory=list)
     _queues: list[JetStreamQueue] = field(default_factory=list)
 
-    def start(self, audio_addr: str | None = None, **make: object) -> JetStreamWorker:
+    def start(self, audio_addr: str | None = None, *, concurrency: int = 1, **make: object) -> JetStreamWorker:
         worker = self.make(audio_addr, **make)  # type: ignore[arg-type]
         stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread = threading.Thread(target=worker.run, args=(stop, concurrency), daemon=True)
         thread.start()
         self._running.append((stop, thread, worker._queue))  # noqa: SLF001
         return worker
@@ -193,6 +193,50 @@ def test_a_quick_worker_answers_through_the_webhook(
     assert kinds(media_root) == ["audio", "images"]
     assert workers.told.calls == []  # the webhook took the outcome: the worker told nobody itself
     assert intake_of(app).depth() == 0 and workers.beats
+
+
+class InFlight:
+    """The real processor, counting items in its hands at once; each item waits (up to 10 s) until a second
+    is in hand too, so one worker taking two messages at once shows as ``most == 2``, one at a time as 1."""
+
+    def __init__(self, real: MediaProcessor) -> None:
+        self._real = real
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+        self._two = threading.Event()
+
+    def process(self, *args: object, **kwargs: object) -> object:
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+            if self._now >= 2:
+                self._two.set()
+        try:
+            self._two.wait(10)
+            return self._real.process(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_one_worker_handles_several_messages_at_once(
+    jetstream_app: Callable[..., Flask], workers_for: Callable[[Flask], Workers], media: tuple[str, str],
+    media_root: Path,
+) -> None:
+    """WORKER_CONCURRENCY: two queued voice notes are in one worker's hands at the same time, and each is
+    stored and told once."""
+    app = jetstream_app(WEBHOOK_BUDGET_S="1")
+    forms = [media_form([(media[0], "audio/ogg")]) for _ in range(2)]
+    for form in forms:  # no worker yet: both webhooks defer
+        assert reply_of(signed_post(app.test_client(), form)) == replies.RECEIVED_VOICE
+    workers = workers_for(app)
+    in_flight: list[InFlight] = []
+    workers.start(concurrency=2, wrap=lambda real: in_flight.append(InFlight(real)) or in_flight[-1])
+    wait_for(lambda: all(workers.told.of(form["MessageSid"]) for form in forms), 30, "both outcomes")
+    assert in_flight[0].most == 2, "the worker took the second message only after the first"
+    assert [len(workers.told.of(form["MessageSid"])) for form in forms] == [1, 1]
+    assert kinds(media_root) == ["audio", "audio"] and intake_of(app).depth() == 0
 
 
 def test_without_a_quick_worker_the_webhook_defers_and_the_worker_tells_later(

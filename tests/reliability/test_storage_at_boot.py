@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -154,6 +155,21 @@ def test_worker_healthz_follows_the_heartbeat_and_asks_nothing_else(tmp_path: Pa
         assert get(f"{base}/other")[0] == 404
     finally:
         server.close()
+
+
+def test_one_stuck_loop_of_several_makes_the_worker_stalled() -> None:
+    """WORKER_CONCURRENCY runs several loops; the messages a stuck one holds wait with it, so its age counts."""
+    now = [1000.0]
+    heartbeat = Heartbeat(stale_after_s=5.0, clock=lambda: now[0])
+    stuck = threading.Thread(target=heartbeat.beat)  # a loop that beat once, then hung
+    stuck.start()
+    stuck.join()
+    now[0] += 4
+    heartbeat.beat()  # another loop keeps passing
+    assert heartbeat.alive() and heartbeat.age_s() == 4.0
+    now[0] += 2
+    heartbeat.beat()
+    assert not heartbeat.alive() and heartbeat.age_s() == 6.0
 
 
 class _SpoolQueue:
