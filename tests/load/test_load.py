@@ -56,7 +56,8 @@ TEXT = int(os.environ.get("MEDIABOT_LOAD_TEXT", "250"))
 MEDIA = int(os.environ.get("MEDIABOT_LOAD_MEDIA", "50"))
 TELEGRAM = int(os.environ.get("MEDIABOT_LOAD_TELEGRAM", "25"))
 CONCURRENCY = int(os.environ.get("MEDIABOT_LOAD_CONCURRENCY", "16"))
-# Worker processes beside gunicorn with INTAKE=jetstream (k8s runs several replicas; one does one message at a time).
+# Worker processes beside gunicorn with INTAKE=jetstream (k8s runs several replicas; each handles
+# WORKER_CONCURRENCY messages at once).
 JETSTREAM_WORKERS = int(os.environ.get("LOAD_JETSTREAM_WORKERS", "3"))
 
 
