@@ -12,7 +12,7 @@ RUN_ENV := $(VENV)/.run-$(shell cat $(RUN_LOCKS) | sha1sum | cut -c1-12)
 TEST_ENV := $(VENV)/.test-$(shell cat $(RUN_LOCKS) $(TEST_LOCKS) | sha1sum | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto model run test soak bench bench-audio bench-vision bench-hostile accuracy photos deploy-check lock up up-gpu up-ngrok down clean
+.PHONY: help venv proto model run test soak bench bench-audio bench-vision bench-jetstream bench-hostile accuracy photos deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
@@ -20,6 +20,7 @@ help:
 	@echo "make proto        regenerate the gRPC code from protos/"
 	@echo "make model        build the Triton face model artifact into model_repository/"
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
+	@echo "make bench-jetstream  JetStream publish latency and fetch+ack throughput, two fsync policies"
 	@echo "make bench-hostile  the hostile corpus through the stack: peak memory per process vs. the code before"
 	@echo "make soak         fault/crash/replay/load run at full size (figures in bench/out/soak.jsonl)"
 	@echo "make accuracy     face/no-face precision and recall on the photo set (make photos fetches its extra photos)"
@@ -73,6 +74,11 @@ bench-audio: $(TEST_ENV)
 
 bench-vision: $(TEST_ENV) model
 	$(PY) -m bench.vision
+
+# What the JetStream intake costs: publish latency (the webhook's PubAck wait) and fetch+ack throughput, on
+# nats-server's default fsync policy and on `sync_interval: always` (compose and k8s), side by side.
+bench-jetstream: $(TEST_ENV)
+	$(PY) -m bench.jetstream_intake
 
 # The hostile corpus (bench/hostile_media.py) through the whole stack, now and at the commit before issue 9:
 # peak RSS of the vision and audio services and of each gateway process, replies, nothing stored.

@@ -115,3 +115,40 @@ def test_the_graph_follows_the_layout() -> None:
     assert "gateway.storage.keys" in graph["gateway.storage.filesystem"]
     assert "gateway.metrics" in graph["gateway.processing"]  # `from gateway import metrics`
     assert not any(m.startswith("gateway.storage.s3") for m in graph["gateway.storage.factory"])  # lazy, in a function
+
+
+REPO = GATEWAY.parent
+# What each may not import, anywhere in a file (inside functions too): the product runs without bench/
+# and tests/ (images copy neither), and the benchmarks run without the test suite.
+FORBIDDEN = {
+    "bench": ("tests",),
+    **{package: ("tests", "bench") for package in
+       ("gateway", "audio_service", "vision_service", "mediabot", "face_model", "model_repository")},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level package of every import in a file, wherever the import statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_product_and_benchmarks_never_import_what_they_ship_without() -> None:
+    offending = [
+        f"{path.relative_to(REPO)} imports {package}"
+        for owner, forbidden in FORBIDDEN.items()
+        for path in sorted((REPO / owner).rglob("*.py"))
+        for package in sorted(imported_packages(path) & set(forbidden))
+    ]
+    assert offending == []
+
+
+def test_the_import_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\ndef f():\n    from tests.fixtures import nats\n    import bench.support\n")
+    assert imported_packages(module) == {"os", "tests", "bench"}

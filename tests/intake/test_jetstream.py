@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from bench.nats_server import NatsServer
 from gateway.intake.jetstream import (
     DeadLetterNotFound,
     IntakeUnavailable,
@@ -19,7 +20,6 @@ from gateway.intake.jetstream import (
     JetStreamSettings,
     sender_key,
 )
-from tests.fixtures.nats import NatsServer
 
 ALICE = sender_key("15551230001")
 BOB = sender_key("15551230002")

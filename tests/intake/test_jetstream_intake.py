@@ -16,6 +16,7 @@ import grpc
 import pytest
 from flask import Flask
 
+from bench.nats_server import NatsServer
 from bench.photo_set import face_photo
 from gateway import replies
 from gateway.audio_client import AudioClient
@@ -28,7 +29,6 @@ from gateway.message import InboundMessage
 from gateway.outcome import Outcome
 from gateway.processing import MediaProcessor
 from tests.fixtures.gateway import MediaServer, closed_port_addr, media_files, media_form, reply_of, signed_post
-from tests.fixtures.nats import NatsServer
 
 
 @dataclass

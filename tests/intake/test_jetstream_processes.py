@@ -14,9 +14,9 @@ from pathlib import Path
 
 from flask import Flask
 
+from bench.nats_server import NatsServer
 from gateway import replies
 from tests.fixtures.gateway import MediaServer, free_port, media_files, media_form, reply_of, signed_post
-from tests.fixtures.nats import NatsServer
 
 REPO = Path(__file__).resolve().parents[2]
 

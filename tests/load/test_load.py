@@ -37,6 +37,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.support import installed_program
+from gateway.config import Settings
 from gateway.replies import RECEIVED_VOICE
 from gateway.whatsapp.simulate import reply_text, sign
 from gateway.telegram.simulate import LocalBotApi, file_content, message_update
@@ -56,6 +57,9 @@ TEXT = int(os.environ.get("MEDIABOT_LOAD_TEXT", "250"))
 MEDIA = int(os.environ.get("MEDIABOT_LOAD_MEDIA", "50"))
 TELEGRAM = int(os.environ.get("MEDIABOT_LOAD_TELEGRAM", "25"))
 CONCURRENCY = int(os.environ.get("MEDIABOT_LOAD_CONCURRENCY", "16"))
+# Seconds the media host takes to answer each download (Twilio's media URLs answer in hundreds of ms; the
+# local host at once). With it, attempts wait on the network as they do in production, not only on ffmpeg.
+MEDIA_DELAY_S = float(os.environ.get("MEDIABOT_LOAD_MEDIA_DELAY_S", "0"))
 # Worker processes beside gunicorn with INTAKE=jetstream (k8s runs several replicas; each handles
 # WORKER_CONCURRENCY messages at once).
 JETSTREAM_WORKERS = int(os.environ.get("LOAD_JETSTREAM_WORKERS", "3"))
@@ -87,7 +91,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(params=["spool", "jetstream"])
 def gunicorn_gateway(request: pytest.FixtureRequest, tmp_path: Path, audio_server: str,
                      bot_api: LocalBotApi) -> Iterator[Gunicorn]:
-    from tests.fixtures.nats import NatsServer
+    from bench.nats_server import NatsServer
     from tests.fixtures.telegram import telegram_env
 
     intake: str = request.param
@@ -156,7 +160,8 @@ def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, bot_api: Lo
     from tests.fixtures.telegram import TG_SECRET
 
     webhook = f"{gunicorn_gateway.url}/whatsapp"
-    voice_url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg")
+    voice_url = media_server.add("/voice", body=voice_note.read_bytes(), content_type="audio/ogg",
+                                 delay_s=MEDIA_DELAY_S)
     forms: list[dict[str, object]] = [media_form([]) for _ in range(TEXT)]
     forms += [media_form([(voice_url, "audio/ogg")]) for _ in range(MEDIA)]
     # Telegram voice notes from a few users, each served by the local Bot API (NumMedia "tg" marks them).
@@ -228,8 +233,11 @@ def test_load(gunicorn_gateway: Gunicorn, media_server: MediaServer, bot_api: Lo
 
     report: dict[str, object] = {
         "intake": gunicorn_gateway.intake, "deferred": deferred,
-        **({"jetstream_workers": JETSTREAM_WORKERS} if gunicorn_gateway.intake == "jetstream" else {}),
+        **({"jetstream_workers": JETSTREAM_WORKERS,
+            "worker_concurrency": int(os.environ.get("WORKER_CONCURRENCY") or Settings.worker_concurrency)}
+           if gunicorn_gateway.intake == "jetstream" else {}),
         "text_webhooks": TEXT, "media_webhooks": MEDIA, "telegram_updates": TELEGRAM, "concurrency": CONCURRENCY,
+        "media_delay_s": MEDIA_DELAY_S,
         "wall_s": round(wall_s, 1), "requests_per_s": round(len(results) / wall_s, 1), "errors_5xx": 0,
         **figures("text", [e for m, _, e, _ in results if m == "0"]),
         **(figures("media", [e for m, _, e, _ in results if m not in ("0", "tg")]) if MEDIA else {}),

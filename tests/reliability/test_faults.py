@@ -36,14 +36,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.nats_server import NatsServer
+from bench.photo_set import face_photo, no_face_photo
 from gateway import replies
 from gateway.whatsapp.simulate import DEFAULT_TO, MediaHost, send, serve_media, serving_in_thread
 from gateway.intake.jetstream import IntakeUnavailable, JetStreamQueue
 from gateway.intake.spool import Spool
 from gateway.storage.keys import AUDIO, IMAGES, is_media_key, parse_key
 from tests.fixtures.gateway import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
-from bench.photo_set import face_photo, no_face_photo
-from tests.fixtures.nats import NatsServer
 from tests.fixtures.twilio_api import TwilioMessagesApi
 from tests.fixtures.s3 import SeaweedS3, new_bucket_name
 from tests.reliability.stack import (
