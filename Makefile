@@ -12,11 +12,12 @@ RUN_ENV := $(VENV)/.run-$(shell cat $(RUN_LOCKS) | sha1sum | cut -c1-12)
 TEST_ENV := $(VENV)/.test-$(shell cat $(RUN_LOCKS) $(TEST_LOCKS) | sha1sum | cut -c1-12)
 PROTOS := $(wildcard protos/mediabot/v1/*.proto)
 
-.PHONY: help venv proto model run test soak bench bench-audio bench-vision bench-jetstream bench-hostile accuracy photos deploy-check lock up up-gpu up-ngrok down clean
+.PHONY: help venv proto model run test samples soak bench bench-audio bench-vision bench-jetstream bench-hostile accuracy photos deploy-check lock up up-gpu up-ngrok down clean
 
 help:
 	@echo "make run          run the bot locally (gateway, audio, vision, Triton) on embedded defaults"
 	@echo "make test         run the whole test suite"
+	@echo "make samples      voice.ogg and photo.jpg here, for the simulator (needs espeak-ng)"
 	@echo "make proto        regenerate the gRPC code from protos/"
 	@echo "make model        build the Triton face model artifact into model_repository/"
 	@echo "make bench        run the benchmarks (bench-audio, bench-vision)"
@@ -59,6 +60,10 @@ run: $(RUN_ENV) model
 
 test: $(TEST_ENV) model
 	$(PY) -m pytest
+
+# A voice note (espeak-ng speech, Opus in Ogg) and a photo with a face, for the README's simulator lines.
+samples: $(TEST_ENV)
+	$(PY) -m bench.samples
 
 # The reliability and load tests at full size: 300 messages through faults, a crash and replays, then
 # 1,000 text + 200 media webhooks at concurrency 16 (make test runs a short form of both).

@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures.audio import make_sample
 from bench.photo_set import face_photo, no_face_photo
 from bench.support import free_port
 
@@ -218,15 +217,18 @@ def test_make_run_from_a_fresh_clone_keeps_a_voice_note_and_a_face_photo(
     assert not (run.checkout / ".env").exists() and not (run.checkout / "data").exists()
     run.wait_ready()
 
-    # The README's simulator line, with these files in place of its example names.
-    voice = make_sample("ogg_opus", tmp_path)
-    (tmp_path / "face.jpg").write_bytes(face_photo())
+    # `make samples` (for those with no voice note or photo at hand), then the README's simulator line as
+    # written, plus a photo without a face.
+    made = subprocess.run(["make", "samples"], cwd=run.checkout, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "MAKEFLAGS"})
+    assert made.returncode == 0, made.stdout + made.stderr
     (tmp_path / "cat.jpg").write_bytes(no_face_photo())
     command = _simulator_command()
     sender = command[command.index("--from") + 1]
     examples = [part for part in command if re.fullmatch(r"\w+\.(ogg|jpg)", part)]
     assert examples == ["voice.ogg", "photo.jpg"], command
-    args = command[: command.index(examples[0])] + [str(voice), str(tmp_path / "face.jpg"), str(tmp_path / "cat.jpg")]
+    assert all((run.checkout / name).is_file() for name in examples), made.stdout
+    args = command + [str(tmp_path / "cat.jpg")]
     done = subprocess.run(args, cwd=run.checkout, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
