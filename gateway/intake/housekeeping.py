@@ -11,8 +11,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from gateway.privacy import Privacy
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +48,15 @@ class PrivacySweep:
             logger.warning("privacy housekeeping failed; will try again", extra={"error": str(error)})
             return 0
         return expired
+
+
+def worker_privacy_sweep(services: Services, *, erasure_memory: timedelta) -> PrivacySweep:
+    """The sweep both workers run on their Services: media expires with RETENTION_DAYS where the store does not
+    expire it by itself, asked at each sweep (an S3 store down when the worker started learns it later)."""
+    settings = services.settings
+    return PrivacySweep(
+        services.privacy,
+        expire_media=lambda: settings.retention_days is not None and not services.store.expires_by_itself,
+        erasure_memory=erasure_memory,
+        sweep_every_s=settings.privacy_sweep_s,
+    )

@@ -494,11 +494,14 @@ class JetStreamQueue:
         had buffered), and asking again then finds its own name and answers True."""
         key = _told_key(publish_id)
 
-        async def claim(conn: _Connection) -> bool:
+        async def claim(conn: _Connection) -> bool | None:
             try:
                 await conn.told.create(key, claimant.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
-                entry = await conn.told.get(key)
+                try:
+                    entry = await conn.told.get(key)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    return None  # the claim expired or was deleted since: asking again creates it
                 return entry.value == claimant.encode()
             return True
 

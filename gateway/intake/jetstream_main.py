@@ -11,7 +11,7 @@ import threading
 from datetime import timedelta
 
 from gateway.config import Settings
-from gateway.intake.housekeeping import PrivacySweep
+from gateway.intake.housekeeping import worker_privacy_sweep
 from gateway.intake.jetstream_intake import JetStreamIntake
 from gateway.intake.jetstream_worker import JetStreamWorker
 from gateway.intake.spool import Backoff
@@ -33,14 +33,11 @@ def run_jetstream_worker(settings: Settings, services, stop: threading.Event) ->
         attempt_budget_s=settings.spool_attempt_budget_s,
         tell=services.deferred.tell,
         heartbeat=heartbeat.beat,
-        housekeeping=PrivacySweep(
-            services.privacy,
-            expire_media=settings.retention_days is not None and not services.store.expires_by_itself,
-            # Every delivery of a message that arrived before the erase must still see the marker.
-            erasure_memory=timedelta(seconds=settings.nats_ack_wait_s * settings.intake_max_attempts
-                                     + settings.spool_retry_max_s * settings.intake_max_attempts) + timedelta(hours=1),
-            sweep_every_s=settings.privacy_sweep_s,
-        ),
+        # Every delivery of a message that arrived before the erase must still see the marker.
+        housekeeping=worker_privacy_sweep(
+            services, erasure_memory=timedelta(seconds=settings.nats_ack_wait_s * settings.intake_max_attempts
+                                               + settings.spool_retry_max_s * settings.intake_max_attempts)
+            + timedelta(hours=1)),
     )
     http = serve_worker_http(settings.worker_metrics_port, heartbeat, intake) if settings.worker_metrics_port else None
     if http is not None:

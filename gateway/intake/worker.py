@@ -34,7 +34,7 @@ from gateway.intake.attempt import Attempts
 from gateway.intake.spool import Spool
 from gateway.intake.spooled import SpoolIntake
 from gateway.intake.worker_http import Heartbeat, serve_worker_http, stale_after_s
-from gateway.intake.housekeeping import PrivacySweep
+from gateway.intake.housekeeping import PrivacySweep, worker_privacy_sweep
 from mediabot.config import ConfigError
 from mediabot.logs import configure_logging
 from mediabot.memory import return_large_buffers_to_the_os
@@ -152,13 +152,9 @@ def main() -> int:
         worker = SpoolWorker(
             intake.spool, intake.attempts, poll_s=settings.spool_poll_s,
             attempt_budget_s=settings.spool_attempt_budget_s,
-            housekeeping=PrivacySweep(
-                services.privacy,
-                expire_media=lambda: settings.retention_days is not None and not services.store.expires_by_itself,
-                # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
-                erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1),
-                sweep_every_s=settings.privacy_sweep_s,
-            ),
+            # An erase must outlive every retry of what arrived before it; then the marker (a number) goes.
+            housekeeping=worker_privacy_sweep(
+                services, erasure_memory=timedelta(seconds=settings.spool_give_up_after_s) + timedelta(hours=1)),
             deferred=services.deferred,
         )
         if settings.worker_metrics_port:
