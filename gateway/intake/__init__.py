@@ -25,11 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from gateway import replies
 from gateway.budget import Budget
 from gateway.message import InboundMessage
 from gateway.outcome import Outcome
+
+if TYPE_CHECKING:
+    from gateway.processing import ItemResult
 
 __all__ = ["Forgets", "Intake", "ItemAnswer"]
 
@@ -44,6 +48,14 @@ class ItemAnswer:
     outcome: Outcome | None
     # True: the intake keeps the item and will try again (the sentence says it will be done shortly).
     deferred: bool = False
+
+    @classmethod
+    def of(cls, result: ItemResult, content_type: str, *, will_retry: bool) -> ItemAnswer:
+        """What the user is told of an attempt's result: its sentence, or "received, it will be done shortly"
+        for one that failed in a way worth retrying when the intake will try again. Both intakes answer so."""
+        if will_retry and result.retryable:
+            return cls(replies.received(content_type), result.outcome, deferred=True)
+        return cls(result.reply, result.outcome)
 
     @property
     def log_word(self) -> str:

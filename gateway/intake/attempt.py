@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway import metrics, replies
+from gateway import metrics
 from gateway.budget import Budget
 from gateway.intake import ItemAnswer
 from gateway.intake.channels import message_of
@@ -56,13 +56,6 @@ class Attempt:
     gave_up: bool = False
     # True when the user was sent a deferred answer by this attempt (gateway.deferred).
     told: bool = False
-
-    def reply_for(self, index: int, content_type: str) -> str:
-        """What the user is told about one item: its result, or "received, will be done shortly"."""
-        result = self.results[index]
-        if result.retryable and self.will_retry:
-            return replies.received(content_type)
-        return result.reply
 
 
 class Attempts:

@@ -188,14 +188,8 @@ class JetStreamIntake:
         its reply; the stores are idempotent, so nothing is stored twice."""
         logger.info("replayed webhook: already queued, answering from the store",
                     extra={"message_sid": message.message_sid})
-        answers = []
-        for item in message.media:
-            result = self._processor.process(message, item, budget, received_at)
-            if result.retryable:
-                answers.append(ItemAnswer(replies.received(item.content_type), result.outcome, deferred=True))
-            else:
-                answers.append(ItemAnswer(result.reply, result.outcome))
-        return answers
+        return [ItemAnswer.of(self._processor.process(message, item, budget, received_at), item.content_type,
+                              will_retry=True) for item in message.media]
 
     def ready(self) -> bool:
         return self.queue.ready()
@@ -218,10 +212,7 @@ class JetStreamIntake:
     def forget_sender(self, sender_id: str) -> int:
         """Purge the sender's queued messages and dead letters; a ConnectionError (an OSError, which the
         privacy commands answer "try again later") while NATS is unreachable."""
-        try:
-            return self.queue.purge_sender(self.sender_key(sender_id))
-        except IntakeUnavailable as error:
-            raise ConnectionError(f"NATS unreachable: {error}") from error
+        return JetStreamEraser(self.queue).forget_sender(sender_id)
 
     def close(self) -> None:
         self.queue.close()
@@ -236,7 +227,7 @@ class JetStreamEraser:
     def forget_sender(self, sender_id: str) -> int:
         try:
             return self.queue.purge_sender(sender_key(sender_id, self.queue.settings.sender_key_secret))
-        except IntakeUnavailable as error:
+        except IntakeUnavailable as error:  # an OSError, which the privacy commands answer "try again later"
             raise ConnectionError(f"NATS unreachable: {error}") from error
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway import metrics, replies
+from gateway import metrics
 from gateway.budget import Budget
 from gateway.intake import ItemAnswer
 from gateway.intake.jetstream import Delivery, IntakeUnavailable, JetStreamQueue
@@ -251,6 +251,8 @@ class JetStreamWorker:
                 return claimed
             if stop is None:
                 stop = threading.Event()
+            # Waiting for NATS is not being stuck: /healthz must not get this worker restarted for it.
+            self._heartbeat()
             if stop.wait(_CLAIM_RETRY_S):
                 return None
 
@@ -292,14 +294,7 @@ class JetStreamWorker:
 
 def _answers(message: InboundMessage, results: dict[int, ItemResult], *, deferring: bool) -> list[ItemAnswer]:
     """One answer per item: its sentence, or "received, shortly" for a retryable one that will be retried."""
-    answers = []
-    for item in message.media:
-        result = results[item.index]
-        if deferring and result.retryable:
-            answers.append(ItemAnswer(replies.received(item.content_type), result.outcome, deferred=True))
-        else:
-            answers.append(ItemAnswer(result.reply, result.outcome))
-    return answers
+    return [ItemAnswer.of(results[item.index], item.content_type, will_retry=deferring) for item in message.media]
 
 
 def _settle(delivery: Delivery, what: str, action: Callable[[], object]) -> str:

@@ -57,11 +57,8 @@ class SpoolIntake:
             # spooled, so it will be finished either by that delivery or by the worker.
             return [ItemAnswer(replies.received(item.content_type), None) for item in message.media]
         attempt = self.attempts.attempt(lease, budget, skip_finals=False)
-        return [
-            ItemAnswer(attempt.reply_for(item.index, item.content_type), attempt.results[item.index].outcome,
-                       deferred=attempt.will_retry and attempt.results[item.index].retryable)
-            for item in message.media
-        ]
+        return [ItemAnswer.of(attempt.results[item.index], item.content_type, will_retry=attempt.will_retry)
+                for item in message.media]
 
     def ready(self) -> bool:
         return self.spool.writable()
