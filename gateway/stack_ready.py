@@ -16,20 +16,25 @@ from urllib.parse import urljoin
 import requests
 
 
+def not_serving(session: requests.Session, url: str) -> list[str]:
+    """What the gateway at ``url`` (any URL on it) lists in /readyz as not SERVING, sorted; ["the gateway"]
+    when it does not answer. [] means the whole stack serves."""
+    try:
+        dependencies = session.get(urljoin(url, "/readyz"), timeout=2).json().get("dependencies", {})
+    except (requests.RequestException, ValueError, AttributeError):
+        return ["the gateway"]
+    return sorted(name for name, status in dependencies.items() if status != "SERVING")
+
+
 def wait_until_serving(webhook_url: str, timeout_s: float, *, poll_s: float = 0.5) -> list[str]:
     """Wait until the gateway's /readyz lists every backend SERVING, or ``timeout_s``; what is still not
     serving then ([] when all are; ["the gateway"] when it did not answer)."""
-    readyz = urljoin(webhook_url, "/readyz")
     deadline = time.monotonic() + timeout_s
     said = False
     with requests.Session() as session:
         session.trust_env = False
         while True:
-            try:
-                dependencies = session.get(readyz, timeout=2).json().get("dependencies", {})
-                waiting = sorted(name for name, status in dependencies.items() if status != "SERVING")
-            except (requests.RequestException, ValueError, AttributeError):
-                waiting = ["the gateway"]
+            waiting = not_serving(session, webhook_url)
             if not waiting:
                 return []
             if not said:

@@ -141,7 +141,7 @@ def test_worker_healthz_follows_the_heartbeat_and_asks_nothing_else(tmp_path: Pa
     now = [1000.0]
     heartbeat = Heartbeat(stale_after_s=5.0, clock=lambda: now[0])
     spool = Spool(tmp_path / "spool")
-    server = serve_worker_http(0, heartbeat, _SpoolQueue(spool), host="127.0.0.1")
+    server = serve_worker_http(0, heartbeat, spool, host="127.0.0.1")
     try:
         base = f"http://127.0.0.1:{server.port}"
         status, body = get(f"{base}/healthz")
@@ -170,14 +170,3 @@ def test_one_stuck_loop_of_several_makes_the_worker_stalled() -> None:
     now[0] += 2
     heartbeat.beat()
     assert not heartbeat.alive() and heartbeat.age_s() == 6.0
-
-
-class _SpoolQueue:
-    def __init__(self, spool: Spool) -> None:
-        self._spool = spool
-
-    def depth(self) -> int:
-        return self._spool.depth()
-
-    def oldest_age_s(self) -> float:
-        return self._spool.oldest_age_s()

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.whatsapp.simulate import send
-from tests.fixtures.audio import make_sample
 from bench.photo_set import face_photo, no_face_photo
 from bench.support import free_port
+from gateway.stack_ready import not_serving
+from gateway.whatsapp.simulate import send
+from tests.fixtures.audio import make_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "15551234567"
@@ -38,18 +39,15 @@ class Stack:
 
 
 def _wait_ready(url: str, honcho: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    session = requests.Session()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if honcho.poll() is not None:
             raise AssertionError(f"the stack exited early:\n{log.read_text()[-4000:]}")
-        try:
-            # /readyz is 200 as soon as the gateway can keep a message; the stack is up when every backend
-            # its body lists is serving too.
-            response = requests.get(url, timeout=2)
-            if response.status_code == 200 and set(response.json()["dependencies"].values()) == {"SERVING"}:
-                return
-        except requests.RequestException:
-            pass
+        # /readyz is 200 as soon as the gateway can keep a message; the stack is up when every backend
+        # its body lists is serving too.
+        if not_serving(session, url) == []:
+            return
         time.sleep(0.5)
     raise AssertionError(f"the stack was not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
 

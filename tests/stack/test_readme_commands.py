@@ -32,6 +32,7 @@ import requests
 
 from bench.photo_set import face_photo, no_face_photo
 from bench.support import free_port
+from gateway.stack_ready import not_serving
 
 pytestmark = pytest.mark.slow
 
@@ -134,19 +135,16 @@ class Run:
     seen: set[int]
 
     def wait_ready(self) -> None:
+        session = requests.Session()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             self.seen |= _descendants(self.make.pid)
             if self.make.poll() is not None:
                 raise AssertionError(f"`make run` exited with {self.make.returncode}:\n{self.tail()}")
-            try:
-                # 200 once the gateway can keep a message; `make run` is up once every backend serves too.
-                response = requests.get(READY_URL, timeout=2)
-                if response.status_code == 200 and set(response.json()["dependencies"].values()) == {"SERVING"}:
-                    self.seen |= _descendants(self.make.pid)
-                    return
-            except requests.RequestException:
-                pass
+            # /readyz is 200 once the gateway can keep a message; `make run` is up once every backend serves too.
+            if not_serving(session, READY_URL) == []:
+                self.seen |= _descendants(self.make.pid)
+                return
             time.sleep(1)
         raise AssertionError(f"`make run` was not ready after {READY_TIMEOUT_S} s:\n{self.tail()}")
 
